@@ -1,0 +1,243 @@
+"""Typed records passed between stages: data → fl → attacks → metrics → study → report.
+
+These dataclasses are the contracts of DESIGN.md. Tensors inside them are never mutated by a stage that
+receives them; a stage that changes something returns a new record (``dataclasses.replace``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ClientUpdate",
+    "GlobalState",
+    "ModelSpec",
+    "Reconstruction",
+    "ServerView",
+    "Trial",
+]
+
+TensorDict = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a model: a registry name (or ``package.module:factory``) and its options.
+
+    Records carry a spec rather than a module so they can be saved as JSON and rebuilt anywhere.
+    """
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """Instantiate the model (fresh random weights; load a state to use it)."""
+        from gradleak.models import create_model
+
+        return create_model(self.name, **dict(self.options))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelSpec:
+        return cls(name=str(data["name"]), options=dict(data.get("options", {})))
+
+
+@dataclass(frozen=True)
+class GlobalState:
+    """The global model the server sent at the start of ``round``.
+
+    Attributes
+    ----------
+    round
+        FL round index (0-based).
+    params
+        Trainable parameters by ``named_parameters`` name.
+    buffers
+        Buffers by ``named_buffers`` name (BatchNorm running statistics, ``num_batches_tracked``).
+    metadata
+        JSON-serialisable facts (model spec, accuracy, ...).
+    """
+
+    round: int
+    params: TensorDict
+    buffers: TensorDict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> TensorDict:
+        """Parameters and buffers as one mapping, as ``nn.Module.load_state_dict`` expects."""
+        return {**self.params, **self.buffers}
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client sends the server after local training in one round.
+
+    Attributes
+    ----------
+    client
+        Client identifier.
+    round
+        FL round index the update answers.
+    delta
+        ``params_after - params_before`` for every parameter the client sends. Parameters a defense withholds
+        are absent.
+    buffers
+        Buffers after local training (BatchNorm statistics); empty when withheld.
+    num_examples
+        Number of training examples the client reports (the FedAvg weight).
+    metadata
+        Other JSON-serialisable facts the server really sees (e.g. recipe fields, defenses announced).
+    """
+
+    client: int
+    round: int
+    delta: TensorDict
+    buffers: TensorDict = field(default_factory=dict)
+    num_examples: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 0:
+            raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """Everything an attacker may use, and nothing else. Ground truth is never inside a view.
+
+    Attributes
+    ----------
+    model
+        How to build the architecture the clients train (a :class:`ModelSpec` or a zero-argument factory).
+    global_state
+        The global model of the attacked round (or, as a control, of another round).
+    updates
+        The observed update(s): one client's, or an aggregate when secure aggregation is on.
+    image_shape
+        ``(C, H, W)`` of the clients' inputs.
+    num_classes
+        Number of classes of the task.
+    mean, std
+        Per-channel normalisation the model applies to ``[0, 1]`` images.
+    labels
+        Labels, when the threat model grants them.
+    batch_size, num_images
+        Batch size and number of local examples, when known.
+    recipe
+        The client's local training recipe (a ``gradleak.fl.LocalRecipe``), when known.
+    defenses
+        Defenses the attacker knows are in use.
+    prior
+        A prior image (domain prior) the attacker holds, in ``[0, 1]``.
+    secrets
+        For a malicious server: the parameters of the modification it sent (imprint bins, layer names, ...).
+    extra
+        Anything else the threat model grants (public buffers, the client's noise for a well-informed attack).
+    """
+
+    model: ModelSpec | Callable[[], nn.Module]
+    global_state: GlobalState
+    updates: Sequence[ClientUpdate]
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    labels: Tensor | None = None
+    batch_size: int | None = None
+    num_images: int | None = None
+    recipe: Any | None = None
+    defenses: tuple[Any, ...] = ()
+    prior: Tensor | None = None
+    secrets: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def build_model(self) -> nn.Module:
+        """A fresh module of the clients' architecture loaded with the view's global state."""
+        module = self.model.build() if isinstance(self.model, ModelSpec) else self.model()
+        module.load_state_dict(self.global_state.state_dict(), strict=True)
+        return module
+
+    @property
+    def update(self) -> ClientUpdate:
+        """The single observed update; raises if the view holds several."""
+        if len(self.updates) != 1:
+            raise ValueError(f"this view holds {len(self.updates)} updates; use .updates")
+        return self.updates[0]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One restart of an optimisation attack."""
+
+    images: Tensor
+    objective: float
+    soft_labels: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """An attack's output. Attacks never grade themselves; :mod:`gradleak.metrics` does.
+
+    Attributes
+    ----------
+    images
+        Reconstructed images ``(N, C, H, W)`` in ``[0, 1]`` pixel space.
+    labels
+        Hard labels ``(N,)``, when the attack produces them.
+    soft_labels
+        Label distributions ``(N, num_classes)``, when optimised.
+    trials
+        Per-restart results, best first or in restart order as the attack documents.
+    loss_trace
+        Objective value per recorded iteration of the selected trial.
+    wall_time
+        Seconds the attack took.
+    iterations
+        Optimisation iterations run (0 for analytic attacks).
+    attack
+        Registry name of the attack.
+    config
+        The attack's configuration (``repr``-able values).
+    valid
+        Per-image mask: ``False`` marks outputs the attack knows are not single inputs (e.g. imprint bins
+        hit by several inputs).
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    soft_labels: Tensor | None = None
+    trials: tuple[Trial, ...] = ()
+    loss_trace: Tensor | None = None
+    wall_time: float = 0.0
+    iterations: int = 0
+    attack: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    valid: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.valid is not None and self.valid.shape != (self.images.shape[0],):
+            raise ValueError("valid must have one entry per image")
+
+    def with_images(self, images: Tensor) -> Reconstruction:
+        """A copy with other images (used e.g. to reorder by an assignment)."""
+        return dataclasses.replace(self, images=images)
+
+
+def clone_tensors(tensors: Mapping[str, Tensor]) -> TensorDict:
+    """Detached, contiguous copies of a tensor mapping (stages never share storage they might mutate)."""
+    return {k: v.detach().clone().contiguous() for k, v in tensors.items()}
+
+
+def is_finite(tensors: Mapping[str, Tensor]) -> bool:
+    """True when every floating tensor is free of NaN and inf."""
+    return all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point())
