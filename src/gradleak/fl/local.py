@@ -1,0 +1,310 @@
+"""``local_update``: the client's local training, written once for the simulator and the attacker.
+
+The function is pure: parameters and buffers go in as dicts, new ones come out; the module only supplies
+the architecture (through :func:`torch.func.functional_call`). It is differentiable with respect to the
+input images, soft labels and injected noise when ``create_graph=True``, and it composes with
+:func:`torch.func.vmap` (independent trials or victims in one call), because
+
+- gradients come from :func:`torch.func.grad`, not ``torch.autograd.grad``;
+- BatchNorm and dropout modules are temporarily given functional forwards: BatchNorm normalises with the
+  batch's biased statistics and *returns* them, and the new running statistics are computed out of place
+  with PyTorch's exact rule (momentum, unbiased variance, cumulative average when ``momentum=None``,
+  ``num_batches_tracked + 1``); dropout draws its mask from :mod:`gradleak.fl.noise`;
+- optimiser state (momentum buffers, Adam moments) is a dict of tensors updated out of place.
+
+A BatchNorm module called more than once per forward is not supported (its last call's statistics win).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from gradleak.fl import noise as noise_mod
+from gradleak.fl.recipe import LocalRecipe, batch_schedule
+
+__all__ = ["LocalData", "LocalResult", "StepRecord", "local_update", "model_state"]
+
+TensorDict = dict[str, Tensor]
+_ADAM_SQRT_FLOOR = 1e-30  # keeps d sqrt(v)/dv finite at v = 0 for double backward; changes no value > 1e-15
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A client's local examples: images ``x`` (N, C, H, W), normalised as the model expects, and labels
+    ``y`` — class indices ``(N,)`` or probability vectors ``(N, K)`` (an attacker's soft labels)."""
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} examples but y has {self.y.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What happened at one local step: loss, learning rate, batch size, and per BatchNorm layer the batch
+    mean and biased variance it normalised with."""
+
+    loss: Tensor
+    lr: float
+    batch_size: int
+    bn_stats: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """Parameters and buffers after local training, per-step records, and the noise the modules used."""
+
+    params: TensorDict
+    buffers: TensorDict
+    per_step: list[StepRecord]
+    noise: TensorDict
+
+    def delta(self, params_before: Mapping[str, Tensor]) -> TensorDict:
+        """``params_after - params_before``: the update a client sends."""
+        return {k: v - params_before[k] for k, v in self.params.items()}
+
+
+def model_state(model: nn.Module) -> tuple[TensorDict, TensorDict]:
+    """Detached copies of a module's parameters and buffers, keyed as ``named_parameters``/``named_buffers``."""
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    return params, buffers
+
+
+class _StatCollector(dict):
+    """BatchNorm layer name -> (batch mean, biased batch variance, elements per channel) of one forward."""
+
+
+def _bn_forward(module: nn.modules.batchnorm._BatchNorm, name: str, mode: str, sink: _StatCollector):
+    def forward(x: Tensor) -> Tensor:
+        use_batch = mode == "train" or not module.track_running_stats
+        if not use_batch:
+            return F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias,
+                                False, 0.0, module.eps)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        mean = x.mean(dims)
+        var = x.var(dims, unbiased=False)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
+        if module.affine:
+            out = out * module.weight.view(shape) + module.bias.view(shape)
+        if module.track_running_stats and mode == "train":
+            sink[name] = (mean, var, x.numel() // x.shape[1])
+        return out
+
+    return forward
+
+
+def _dropout_forward(module: nn.Dropout, name: str):
+    def forward(x: Tensor) -> Tensor:
+        p = module.p
+        if p == 0.0:
+            return x
+        keep = 1.0 - p
+        mask = noise_mod.draw(
+            name, lambda g: torch.bernoulli(torch.full(x.shape, keep, dtype=x.dtype, device=x.device), generator=g)
+        )
+        return x * mask / keep
+
+    return forward
+
+
+@contextmanager
+def _functional_modules(model: nn.Module, bn_mode: str, sink: _StatCollector) -> Iterator[None]:
+    """Give BatchNorm and dropout modules functional forwards for the duration of the block."""
+    patched: list[nn.Module] = []
+    try:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.forward = _bn_forward(module, name, bn_mode, sink)
+            elif isinstance(module, nn.Dropout):
+                module.forward = _dropout_forward(module, name)
+            else:
+                continue
+            patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _running_update(
+    model: nn.Module, buffers: TensorDict, stats: Mapping[str, tuple[Tensor, Tensor, int]]
+) -> TensorDict:
+    new = dict(buffers)
+    modules = dict(model.named_modules())
+    for name, (mean, var, n) in stats.items():
+        module = modules[name]
+        prefix = f"{name}." if name else ""
+        tracked = new[prefix + "num_batches_tracked"] + 1
+        new[prefix + "num_batches_tracked"] = tracked
+        if module.momentum is None:  # cumulative moving average, as PyTorch
+            factor: Tensor | float = 1.0 / tracked.to(mean.dtype)
+        else:
+            factor = module.momentum
+        unbiased = var * (n / (n - 1)) if n > 1 else var
+        new[prefix + "running_mean"] = (1 - factor) * new[prefix + "running_mean"] + factor * mean
+        new[prefix + "running_var"] = (1 - factor) * new[prefix + "running_var"] + factor * unbiased
+    return new
+
+
+def _optimizer_step(
+    recipe: LocalRecipe, params: TensorDict, grads: TensorDict, state: TensorDict, lr: float, t: int
+) -> tuple[TensorDict, TensorDict]:
+    """One step of ``torch.optim.SGD``/``Adam`` written out of place (same arithmetic order)."""
+    new_params: TensorDict = {}
+    new_state: TensorDict = {}
+    wd = recipe.weight_decay
+    for k, p in params.items():
+        g = grads[k]
+        if wd:
+            g = g + wd * p
+        if recipe.optimizer == "sgd":
+            if recipe.momentum:
+                buf = g if t == 0 else recipe.momentum * state[k] + g
+                new_state[k] = buf
+                g = g + recipe.momentum * buf if recipe.nesterov else buf
+            new_params[k] = p - lr * g
+        else:
+            b1, b2 = recipe.betas
+            m = b1 * state[f"{k}/m"] + (1 - b1) * g if t else (1 - b1) * g
+            v = b2 * state[f"{k}/v"] + (1 - b2) * g * g if t else (1 - b2) * g * g
+            new_state[f"{k}/m"], new_state[f"{k}/v"] = m, v
+            bc1 = 1 - b1 ** (t + 1)
+            bc2_sqrt = math.sqrt(1 - b2 ** (t + 1))
+            denom = v.clamp_min(_ADAM_SQRT_FLOOR).sqrt() / bc2_sqrt + recipe.eps
+            new_params[k] = p - (lr / bc1) * (m / denom)
+    return new_params, new_state
+
+
+def _reduce_transforms(recipe: LocalRecipe) -> tuple[list, list]:
+    per_sample = [t for t in recipe.step_transforms if getattr(t, "per_sample", False)]
+    batch = [t for t in recipe.step_transforms if not getattr(t, "per_sample", False)]
+    if len(per_sample) > 1:
+        raise ValueError("at most one per-sample step transform (it reduces per-example gradients)")
+    if per_sample and recipe.step_transforms[0] is not per_sample[0]:
+        raise ValueError("a per-sample step transform must come first in step_transforms")
+    return per_sample, batch
+
+
+def local_update(
+    model: nn.Module,
+    params: Mapping[str, Tensor] | None,
+    buffers: Mapping[str, Tensor] | None,
+    batches: LocalData | Sequence[tuple[Tensor, Tensor]],
+    recipe: LocalRecipe,
+    *,
+    noise: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    create_graph: bool = False,
+) -> LocalResult:
+    """Run the client's local training functionally.
+
+    Parameters
+    ----------
+    model
+        The architecture; its own parameters are not used or changed (pass ``params``/``buffers``; ``None``
+        takes copies of the module's current state).
+    params, buffers
+        State at the start of local training (the round's global model).
+    batches
+        Either the client's :class:`LocalData`, cut into steps by :func:`batch_schedule` from the recipe, or
+        an explicit sequence of ``(x, y)`` batches, one per step.
+    recipe
+        Optimiser, schedule, BatchNorm mode, loss and step transforms.
+    noise
+        Injected randomness by key (see :mod:`gradleak.fl.noise`); what is not injected is sampled from
+        ``generator``.
+    create_graph
+        Keep the graph through every step, so the result can be differentiated with respect to the data,
+        soft labels and injected noise (the attacker's replay). Off: plain training, nothing retained.
+
+    Returns
+    -------
+    LocalResult
+        New parameters and buffers, per-step records and the noise used.
+
+    Examples
+    --------
+    >>> params, buffers = model_state(model)                       # doctest: +SKIP
+    >>> out = local_update(model, params, buffers, LocalData(x, y), LocalRecipe(lr=0.01))  # doctest: +SKIP
+    >>> update = out.delta(params)                                  # doctest: +SKIP
+    """
+    if params is None or buffers is None:
+        own_params, own_buffers = model_state(model)
+        params = own_params if params is None else params
+        buffers = own_buffers if buffers is None else buffers
+    params, buffers = dict(params), dict(buffers)
+    if not create_graph:
+        params = {k: v.detach() for k, v in params.items()}
+        buffers = {k: v.detach() for k, v in buffers.items()}
+
+    if isinstance(batches, LocalData):
+        data = batches if create_graph else LocalData(batches.x.detach(), batches.y.detach())
+        steps = [(data.x[idx], data.y[idx]) for idx in batch_schedule(len(data), recipe)]
+    else:
+        steps = [(x, y) if create_graph else (x.detach(), y.detach()) for x, y in batches]
+    if not steps:
+        raise ValueError("local training needs at least one batch")
+
+    per_sample_tf, batch_tf = _reduce_transforms(recipe)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if per_sample_tf and has_bn and recipe.bn_mode == "train":
+        raise ValueError("per-sample gradient transforms (DP-SGD) need bn_mode='eval' or a model without "
+                         "BatchNorm (use norm='group'); per-example gradients are undefined under batch statistics")
+
+    sink = _StatCollector()
+
+    def loss_fn(p: TensorDict, b: TensorDict, xb: Tensor, yb: Tensor):
+        sink.clear()
+        logits = functional_call(model, (p, b), (xb,))
+        loss = F.cross_entropy(logits, yb)
+        stats = {k: (mean, var) for k, (mean, var, _) in sink.items()}
+        return loss, (loss, stats)
+
+    def per_example_loss(p: TensorDict, b: TensorDict, xi: Tensor, yi: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, (p, b), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    ctx = noise_mod.NoiseContext(noise, generator)
+    opt_state: TensorDict = {}
+    records: list[StepRecord] = []
+    was_training = model.training
+    model.train()
+    try:
+        with _functional_modules(model, recipe.bn_mode, sink), noise_mod.noise_context(ctx):
+            for t, (xb, yb) in enumerate(steps):
+                ctx.step = t
+                grads, (loss, stats) = grad(loss_fn, has_aux=True)(params, buffers, xb, yb)
+                counts = {k: n for k, (_, _, n) in sink.items()}  # static ints stay out of the transform
+                if per_sample_tf:
+                    per_ex = vmap(grad(per_example_loss), in_dims=(None, None, 0, 0))(params, buffers, xb, yb)
+                    grads = per_sample_tf[0](per_ex, step=t, batch_size=int(xb.shape[0]))
+                for transform in batch_tf:
+                    grads = transform(grads, step=t, batch_size=int(xb.shape[0]))
+                lr = recipe.lr_at(t, len(steps))
+                params, opt_state = _optimizer_step(recipe, params, grads, opt_state, lr, t)
+                full_stats = {k: (*stats[k], counts[k]) for k in stats}
+                buffers = _running_update(model, buffers, full_stats)
+                if not create_graph:
+                    params = {k: v.detach() for k, v in params.items()}
+                    buffers = {k: v.detach() for k, v in buffers.items()}
+                    opt_state = {k: v.detach() for k, v in opt_state.items()}
+                    stats = {k: (m.detach(), v.detach()) for k, (m, v) in stats.items()}
+                    loss = loss.detach()
+                records.append(StepRecord(loss=loss, lr=lr, batch_size=int(xb.shape[0]), bn_stats=stats))
+    finally:
+        model.train(was_training)
+    return LocalResult(params=params, buffers=buffers, per_step=records, noise=dict(ctx.drawn))

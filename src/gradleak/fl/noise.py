@@ -1,0 +1,76 @@
+"""Injectable randomness for stochastic defenses (dropout masks, variational-bottleneck epsilon, DP noise).
+
+A stochastic module never calls the global RNG inside local training. It asks :func:`draw` for its noise by
+name; :func:`gradleak.fl.local_update` sets up a :class:`NoiseContext` per call, which either returns the
+tensor the caller injected under that name (an attacker optimising the noise, or a well-informed attacker
+handed the client's) or samples it with the client's ``torch.Generator`` and records it. The recorded noise
+is returned in ``LocalResult.noise``.
+
+Keys are ``"<name>@<step>"``; an injected key without ``@`` applies to every step.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+__all__ = ["NoiseContext", "current", "draw", "noise_context"]
+
+Sampler = Callable[[torch.Generator | None], Tensor]
+
+_CURRENT: contextvars.ContextVar[NoiseContext | None] = contextvars.ContextVar("gradleak_noise", default=None)
+
+
+class NoiseContext:
+    """Noise for one local-training call.
+
+    Parameters
+    ----------
+    injected
+        Tensors to use instead of sampling, by key.
+    generator
+        Generator for everything not injected.
+    """
+
+    def __init__(self, injected: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None):
+        self.injected = dict(injected or {})
+        self.generator = generator
+        self.drawn: dict[str, Tensor] = {}
+        self.step = 0
+
+    def draw(self, name: str, sampler: Sampler) -> Tensor:
+        """The noise called ``name`` at the current step: injected if given, else sampled and recorded."""
+        key = f"{name}@{self.step}"
+        if key in self.injected:
+            value = self.injected[key]
+        elif name in self.injected:
+            value = self.injected[name]
+        else:
+            value = sampler(self.generator)
+        self.drawn[key] = value
+        return value
+
+
+def current() -> NoiseContext | None:
+    """The active noise context, if local training is running."""
+    return _CURRENT.get()
+
+
+def draw(name: str, sampler: Sampler) -> Tensor:
+    """Noise for ``name`` from the active context; outside local training, sampled from the global RNG."""
+    ctx = _CURRENT.get()
+    return sampler(None) if ctx is None else ctx.draw(name, sampler)
+
+
+@contextmanager
+def noise_context(ctx: NoiseContext) -> Iterator[NoiseContext]:
+    """Make ``ctx`` the active context for the duration of the block."""
+    token = _CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CURRENT.reset(token)
