@@ -45,10 +45,10 @@ def test_fedavg_equals_weighted_numpy_average() -> None:
     new = fedavg(g, ups)
     w = np.array(weights, dtype=np.float64) / sum(weights)
     for k, v in g.params.items():
-        expected = v.numpy().astype(np.float64) + sum(wi * u.delta[k].numpy() for wi, u in zip(w, ups))
+        expected = v.numpy().astype(np.float64) + sum(wi * u.delta[k].numpy() for wi, u in zip(w, ups, strict=True))
         np.testing.assert_allclose(new.params[k].numpy(), expected, rtol=1e-6, atol=1e-7)
     for k, v in g.buffers.items():
-        expected = sum(wi * u.buffers[k].numpy().astype(np.float64) for wi, u in zip(w, ups))
+        expected = sum(wi * u.buffers[k].numpy().astype(np.float64) for wi, u in zip(w, ups, strict=True))
         if v.is_floating_point():
             np.testing.assert_allclose(new.buffers[k].numpy(), expected, rtol=1e-6)
         else:  # num_batches_tracked: weighted average, rounded, dtype kept
@@ -106,7 +106,7 @@ def test_records_every_update_and_resumes_exactly(tmp_path) -> None:
             ups = s.updates(round=r, model=model)
             assert [u.client for u in ups] == [0, 1, 2]
             assert [u.num_examples for u in ups] == [4, 8, 12]
-            assert all(u.metadata["local_steps"] == n // 4 for u, n in zip(ups, (4, 8, 12)))
+            assert all(u.metadata["local_steps"] == n // 4 for u, n in zip(ups, (4, 8, 12), strict=True))
         # the recorded global of round r+1 is FedAvg of round r's recorded updates on global r
         g1 = fedavg(s.load_global(round=1, model=model), s.updates(round=1, model=model))
         g2 = s.load_global(round=2, model=model)
