@@ -26,7 +26,8 @@ def small_bn_net(in_ch: int = 1, classes: int = 3, momentum: float | None = 0.1,
     ]
     if dropout:
         layers.append(nn.Dropout(dropout))
-    layers += [nn.Linear(4 * 4 * 4, 8, bias=False), nn.BatchNorm1d(8, momentum=momentum), nn.Tanh(), nn.Linear(8, classes)]
+    layers += [nn.Linear(4 * 4 * 4, 8, bias=False), nn.BatchNorm1d(8, momentum=momentum), nn.Tanh(),
+               nn.Linear(8, classes)]
     return nn.Sequential(*layers)
 
 
