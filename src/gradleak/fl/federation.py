@@ -30,9 +30,9 @@ from gradleak.records import ClientUpdate, GlobalState, ModelSpec
 
 __all__ = [
     "FLClient",
+    "FedAvgSimulation",
     "FederationHook",
     "FederationResult",
-    "FedAvgSimulation",
     "RoundMetrics",
     "derive_seed",
     "evaluate",
@@ -143,6 +143,8 @@ class FedAvgSimulation:
         Update-stage transforms applied by each client before sending (``(update, generator) -> update``).
     progress
         Show a Rich progress bar.
+    device
+        Where training runs; clients' data and the model are moved there (results come back on it).
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class FedAvgSimulation:
         test: LocalData | None = None,
         update_defenses: Sequence[UpdateTransform] = (),
         progress: bool = False,
+        device: str | torch.device = "cpu",
     ) -> None:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -163,13 +166,14 @@ class FedAvgSimulation:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         if not clients or len({c.id for c in clients}) != len(clients):
             raise ValueError("clients must be non-empty with unique ids")
+        self.device = torch.device(device)
         self.model_spec = model
-        self.clients = list(clients)
+        self.clients = [_to_device(c, self.device) for c in clients]
         self.rounds, self.fraction, self.seed = rounds, fraction, seed
-        self.test = test
+        self.test = None if test is None else LocalData(test.x.to(self.device), test.y.to(self.device))
         self.update_defenses = list(update_defenses)
         self.progress = progress
-        self.model = self._build()
+        self.model = self._build().to(self.device)
 
     def _build(self) -> nn.Module:
         torch.manual_seed(derive_seed(self.seed, 0x5EED))
@@ -193,7 +197,7 @@ class FedAvgSimulation:
         """Local training of ``client`` from ``state`` and its update-stage defenses: what it sends."""
         seed = derive_seed(self.seed, state.round, client.id)
         recipe = client.recipe.replace(seed=seed)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         out = local_update(self.model, state.params, state.buffers, client.train, recipe, generator=generator)
         update = ClientUpdate(
             client=client.id,
@@ -284,6 +288,13 @@ class FedAvgSimulation:
 def _rank(metrics: RoundMetrics) -> tuple[float, int]:
     """Best model: highest mean validation accuracy, earliest round on ties (as the hospital paper selects)."""
     return (metrics.mean_val_accuracy if metrics.mean_val_accuracy is not None else -1.0, -metrics.round)
+
+
+def _to_device(client: FLClient, device: torch.device) -> FLClient:
+    def move(d: LocalData | None) -> LocalData | None:
+        return None if d is None else LocalData(d.x.to(device), d.y.to(device))
+
+    return dataclasses.replace(client, train=move(client.train), val=move(client.val))
 
 
 def round_half_up(x: float) -> int:

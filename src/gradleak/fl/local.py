@@ -88,20 +88,19 @@ class _StatCollector(dict):
     """BatchNorm layer name -> (batch mean, biased batch variance, elements per channel) of one forward."""
 
 
-def _bn_forward(module: nn.modules.batchnorm._BatchNorm, name: str, mode: str, sink: _StatCollector):
+def _bn_forward(module: nn.modules.batchnorm._BatchNorm, name: str, mode: str, sink: _StatCollector,
+                differentiable: bool):
     def forward(x: Tensor) -> Tensor:
         use_batch = mode == "train" or not module.track_running_stats
         if not use_batch:
             return F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias,
                                 False, 0.0, module.eps)
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        mean = x.mean(dims)
-        var = x.var(dims, unbiased=False)
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
-        if module.affine:
-            out = out * module.weight.view(shape) + module.bias.view(shape)
+        # native kernel, batch statistics, no running-stat writes (vmap- and double-backward-safe)
+        out = F.batch_norm(x, None, None, module.weight, module.bias, True, 0.0, module.eps)
         if module.track_running_stats and mode == "train":
+            dims = [0, *range(2, x.dim())]
+            with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+                var, mean = torch.var_mean(x, dims, correction=0)
             sink[name] = (mean, var, x.numel() // x.shape[1])
         return out
 
@@ -123,13 +122,14 @@ def _dropout_forward(module: nn.Dropout, name: str):
 
 
 @contextmanager
-def _functional_modules(model: nn.Module, bn_mode: str, sink: _StatCollector) -> Iterator[None]:
+def _functional_modules(model: nn.Module, bn_mode: str, sink: _StatCollector, differentiable: bool
+                        ) -> Iterator[None]:
     """Give BatchNorm and dropout modules functional forwards for the duration of the block."""
     patched: list[nn.Module] = []
     try:
         for name, module in model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.forward = _bn_forward(module, name, bn_mode, sink)
+                module.forward = _bn_forward(module, name, bn_mode, sink, differentiable)
             elif isinstance(module, nn.Dropout):
                 module.forward = _dropout_forward(module, name)
             else:
@@ -284,7 +284,7 @@ def local_update(
     was_training = model.training
     model.train()
     try:
-        with _functional_modules(model, recipe.bn_mode, sink), noise_mod.noise_context(ctx):
+        with _functional_modules(model, recipe.bn_mode, sink, create_graph), noise_mod.noise_context(ctx):
             for t, (xb, yb) in enumerate(steps):
                 ctx.step = t
                 grads, (loss, stats) = grad(loss_fn, has_aux=True)(params, buffers, xb, yb)
