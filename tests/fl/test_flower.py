@@ -9,11 +9,11 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is an optional extra: pip install 'gradleak[flower]'")
 
-from gradleak.fl.federation import FedAvgSimulation  # noqa: E402
-from gradleak.fl.flower import run_flower_simulation  # noqa: E402
-from gradleak.fl.store import UpdateStore  # noqa: E402
+from gradleak.fl.federation import FedAvgSimulation
+from gradleak.fl.flower import run_flower_simulation
+from gradleak.fl.store import UpdateStore
 
-from .test_federation import make_clients, tiny_bn_net  # noqa: E402
+from .test_federation import make_clients, tiny_bn_net
 
 
 def _descendants() -> set[int]:

@@ -59,8 +59,9 @@ class Scenario:
     """An FL scenario: data, partition, model, local recipe(s) and schedule.
 
     ``partition`` is ``"sizes"`` (explicit ``sizes``, optionally ``balanced``, with ``shared`` images:
-    ``{client: (source_client, k)}``; balanced clients of size 1 take ``single_class``), ``"iid"`` or ``"dirichlet"`` (concentration ``alpha``) over
-    ``num_clients``. ``batch_sizes`` gives each client its own batch size (else ``recipe.batch_size``).
+    ``{client: (source_client, k)}``; balanced clients of size 1 take ``single_class``), ``"iid"`` or
+    ``"dirichlet"`` (concentration ``alpha``) over ``num_clients``. ``batch_sizes`` gives each client its own
+    batch size (else ``recipe.batch_size``).
     ``val_per_client`` images of the validation split go to each client (class-balanced);
     ``shared_val`` maps a client to the client whose validation set it reuses.
     """
