@@ -121,3 +121,25 @@ def test_training_improves_accuracy_and_sampling_is_seeded() -> None:
     assert all(len(m.clients) == 2 for m in result.history)
     assert [sim.sample_clients(r) for r in range(3)] == [sim.sample_clients(r) for r in range(3)]
     assert result.history[-1].test_accuracy > 0.8  # separable toy task, chance is 0.5
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    store_dir = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-m", "tests.fl._killed_run", str(store_dir), "1"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    store = UpdateStore(store_dir)
+    assert store.global_rounds() == [0, 1, 2]  # killed after round 2 of 4
+    clients, test = make_clients()
+    resumed = FedAvgSimulation(tiny_bn_net, clients, rounds=4, seed=7, test=test).run(
+        hooks=[Recorder(store)], resume_from=store)
+    full = FedAvgSimulation(tiny_bn_net, clients, rounds=4, seed=7, test=test).run()
+    for k, v in full.final.params.items():
+        assert torch.equal(resumed.final.params[k], v)
+    assert store.global_rounds() == [0, 1, 2, 3, 4] and store.rounds() == [0, 1, 2, 3]

@@ -219,3 +219,50 @@ def test_invalid_recipe_is_rejected_with_reasons() -> None:
         LocalRecipe(lr=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         LocalRecipe(batch_size=0)
+
+
+class _ClipMean:
+    """Test transform: per-example clipping to norm C, then the batch mean (DP-SGD without noise)."""
+
+    per_sample = True
+
+    def __init__(self, clip: float) -> None:
+        self.clip = clip
+        self.seen: list[dict] = []
+
+    def __call__(self, grads, *, step, batch_size):
+        self.seen.append({k: v.detach().clone() for k, v in grads.items()})
+        norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+        scale = (self.clip / (norms + 1e-12)).clamp(max=1.0)
+        return {k: (g * scale.view(-1, *[1] * (g.dim() - 1))).sum(0) / batch_size for k, g in grads.items()}
+
+
+def test_per_sample_step_transform_gets_per_example_gradients() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.Tanh(), nn.Linear(5, 3))
+    data = make_data(n=6)
+    params, buffers = model_state(model)
+    clip = _ClipMean(clip=1e9)  # no clipping: the mean of per-example gradients is the batch gradient
+    recipe = LocalRecipe(lr=0.1, batch_size=3, shuffle=False, step_transforms=(clip,))
+    out = local_update(model, params, buffers, data, recipe)
+    plain = local_update(model, params, buffers, data, LocalRecipe(lr=0.1, batch_size=3, shuffle=False))
+    for k in params:
+        torch.testing.assert_close(out.params[k], plain.params[k], atol=1e-6, rtol=1e-5)
+    # the transform saw one gradient per example, equal to that example's own gradient
+    ref = copy.deepcopy(model)
+    for i in range(3):
+        ref.zero_grad()
+        nn.functional.cross_entropy(ref(data.x[i:i + 1]), data.y[i:i + 1]).backward()
+        for k, p in ref.named_parameters():
+            torch.testing.assert_close(clip.seen[0][k][i], p.grad, atol=1e-6, rtol=1e-5)
+    # with a small clip norm the update shrinks accordingly
+    tight = local_update(model, params, buffers, data,
+                         LocalRecipe(lr=0.1, batch_size=3, shuffle=False, step_transforms=(_ClipMean(1e-3),)))
+    moved = sum(float((tight.params[k] - params[k]).norm()) for k in params)
+    assert 0 < moved < 2 * 0.1 * 1e-3 * len(params)
+
+
+def test_per_sample_transform_refuses_batchnorm_in_train_mode() -> None:
+    with pytest.raises(ValueError, match="per-sample"):
+        local_update(small_bn_net(), None, None, make_data(),
+                     LocalRecipe(batch_size=4, step_transforms=(_ClipMean(1.0),)))
