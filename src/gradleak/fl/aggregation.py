@@ -22,6 +22,21 @@ def _weighted_mean(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor
     return acc.round().to(values[0].dtype)
 
 
+def _average_into(
+    global_values: dict[str, Tensor], updates: Sequence[ClientUpdate], field: str, *, add_to_global: bool
+) -> dict[str, Tensor]:
+    """Per tensor: the weighted mean over the clients that sent it (added to the global value for deltas)."""
+    out: dict[str, Tensor] = {}
+    for name, value in global_values.items():
+        senders = [u for u in updates if name in getattr(u, field) and u.num_examples > 0]
+        if not senders:
+            out[name] = value.clone()
+            continue
+        mean = _weighted_mean([getattr(u, field)[name] for u in senders], [u.num_examples for u in senders])
+        out[name] = (value.to(torch.float64) + mean.to(torch.float64)).to(value.dtype) if add_to_global else mean
+    return out
+
+
 def fedavg(global_state: GlobalState, updates: Sequence[ClientUpdate], *, next_round: int | None = None) -> GlobalState:
     """Average client updates weighted by their example counts and apply them to the global state.
 
@@ -43,20 +58,7 @@ def fedavg(global_state: GlobalState, updates: Sequence[ClientUpdate], *, next_r
         raise ValueError("FedAvg needs at least one client update")
     if sum(u.num_examples for u in updates) <= 0:
         raise ValueError("FedAvg needs a positive total number of examples")
-    params: dict[str, Tensor] = {}
-    for name, value in global_state.params.items():
-        senders = [u for u in updates if name in u.delta and u.num_examples > 0]
-        if not senders:
-            params[name] = value.clone()
-            continue
-        mean_delta = _weighted_mean([u.delta[name] for u in senders], [u.num_examples for u in senders])
-        params[name] = (value.to(torch.float64) + mean_delta.to(torch.float64)).to(value.dtype)
-    buffers: dict[str, Tensor] = {}
-    for name, value in global_state.buffers.items():
-        senders = [u for u in updates if name in u.buffers and u.num_examples > 0]
-        if not senders:
-            buffers[name] = value.clone()
-            continue
-        buffers[name] = _weighted_mean([u.buffers[name] for u in senders], [u.num_examples for u in senders])
+    params = _average_into(global_state.params, updates, "delta", add_to_global=True)
+    buffers = _average_into(global_state.buffers, updates, "buffers", add_to_global=False)
     round_ = global_state.round + 1 if next_round is None else next_round
     return GlobalState(round=round_, params=params, buffers=buffers, metadata={})
