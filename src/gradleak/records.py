@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "AGGREGATE_CLIENT",
     "ClientUpdate",
     "GlobalState",
     "ModelSpec",
@@ -24,6 +25,9 @@ __all__ = [
 ]
 
 TensorDict = dict[str, Tensor]
+
+#: Client id of an aggregate the server sees under secure aggregation (no real client has this id).
+AGGREGATE_CLIENT = 99_999
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,24 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> nn.Module:
-        """Instantiate the model (fresh random weights; load a state to use it)."""
+        """Instantiate the model (fresh random weights; load a state to use it).
+
+        ``options["model_defenses"]`` (a list of defense names or ``{"name", "options"}`` dicts) applies
+        model-stage defenses (dropout rate, PRECODE, CVB) to the built architecture.
+        """
         from gradleak.models import create_model
 
-        return create_model(self.name, **dict(self.options))
+        options = dict(self.options)
+        defenses = options.pop("model_defenses", [])
+        model = create_model(self.name, **options)
+        if defenses:
+            from gradleak.defenses import resolve_defenses
+
+            for defense in resolve_defenses(defenses):
+                if defense.stage != "model":
+                    raise ValueError(f"model_defenses holds {defense.name!r}, a {defense.stage}-stage defense")
+                model = defense.apply(model)
+        return model
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options)}

@@ -141,6 +141,9 @@ class FedAvgSimulation:
         Test split for per-round evaluation.
     update_defenses
         Update-stage transforms applied by each client before sending (``(update, generator) -> update``).
+    aggregator
+        What the server sees of a round (e.g. :func:`gradleak.defenses.secure_sum`): hooks then receive only
+        the aggregate, once per round, and FedAvg applies it.
     progress
         Show a Rich progress bar.
     device
@@ -157,6 +160,7 @@ class FedAvgSimulation:
         seed: int = 0,
         test: LocalData | None = None,
         update_defenses: Sequence[UpdateTransform] = (),
+        aggregator: Callable[[Sequence[ClientUpdate]], ClientUpdate] | None = None,
         progress: bool = False,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -172,6 +176,7 @@ class FedAvgSimulation:
         self.rounds, self.fraction, self.seed = rounds, fraction, seed
         self.test = None if test is None else LocalData(test.x.to(self.device), test.y.to(self.device))
         self.update_defenses = list(update_defenses)
+        self.aggregator = aggregator
         self.progress = progress
         self.model = self._build().to(self.device)
 
@@ -264,13 +269,12 @@ class FedAvgSimulation:
                 for hook in hooks:
                     hook.on_round_start(round_, state)
                 clients = self.sample_clients(round_)
-                updates = []
-                for client in clients:
-                    update = self.client_update(client, state)
+                updates = [self.client_update(client, state) for client in clients]
+                seen = [self.aggregator(updates)] if self.aggregator is not None else updates
+                for update in seen:
                     for hook in hooks:
                         hook.on_client_update(update)
-                    updates.append(update)
-                new_state = fedavg(state, updates)
+                new_state = fedavg(state, seen)
                 metrics = self.evaluate_round(round_, new_state, clients,
                                               [u.metadata.get("train_loss", float("nan")) for u in updates])
                 history.append(metrics)

@@ -270,15 +270,27 @@ def local_update(
 
     def loss_fn(p: TensorDict, b: TensorDict, xb: Tensor, yb: Tensor):
         sink.clear()
+        ctx.losses.clear()
         logits = functional_call(model, (p, b), (xb,))
         loss = F.cross_entropy(logits, yb)
+        for extra in ctx.losses:  # e.g. a variational bottleneck's KL term
+            loss = loss + extra
         stats = {k: (mean, var) for k, (mean, var, _) in sink.items()}
         return loss, (loss, stats)
 
-    def per_example_loss(p: TensorDict, b: TensorDict, xi: Tensor, yi: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(model, (p, b), (xi.unsqueeze(0),)), yi.unsqueeze(0))
-
     ctx = noise_mod.NoiseContext(noise, generator)
+
+    def per_example_loss(p: TensorDict, b: TensorDict, xi: Tensor, yi: Tensor, noise_i: TensorDict) -> Tensor:
+        # example i uses row i of the noise (dropout masks, VB epsilon) the batch forward drew for this step
+        ctx.losses.clear()
+        ctx.override = {k: v.unsqueeze(0) for k, v in noise_i.items()}
+        try:
+            loss = F.cross_entropy(functional_call(model, (p, b), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+            for extra in ctx.losses:
+                loss = loss + extra
+        finally:
+            ctx.override = {}
+        return loss
     opt_state: TensorDict = {}
     records: list[StepRecord] = []
     was_training = model.training
@@ -290,7 +302,9 @@ def local_update(
                 grads, (loss, stats) = grad(loss_fn, has_aux=True)(params, buffers, xb, yb)
                 counts = {k: n for k, (_, _, n) in sink.items()}  # static ints stay out of the transform
                 if per_sample_tf:
-                    per_ex = vmap(grad(per_example_loss), in_dims=(None, None, 0, 0))(params, buffers, xb, yb)
+                    step_noise = {k: v for k, v in ctx.drawn.items() if k.endswith(f"@{t}")}
+                    per_ex = vmap(grad(per_example_loss), in_dims=(None, None, 0, 0, 0))(
+                        params, buffers, xb, yb, step_noise)
                     grads = per_sample_tf[0](per_ex, step=t, batch_size=int(xb.shape[0]))
                 for transform in batch_tf:
                     grads = transform(grads, step=t, batch_size=int(xb.shape[0]))

@@ -1,4 +1,4 @@
-"""Injectable randomness for stochastic defenses (dropout masks, variational-bottleneck epsilon, DP noise).
+"""Injectable randomness and extra loss terms for stochastic defenses (dropout, VB epsilon, DP noise).
 
 A stochastic module never calls the global RNG inside local training. It asks :func:`draw` for its noise by
 name; :func:`gradleak.fl.local_update` sets up a :class:`NoiseContext` per call, which either returns the
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseContext", "current", "draw", "noise_context"]
+__all__ = ["NoiseContext", "add_loss", "current", "draw", "noise_context"]
 
 Sampler = Callable[[torch.Generator | None], Tensor]
 
@@ -41,10 +41,14 @@ class NoiseContext:
         self.generator = generator
         self.drawn: dict[str, Tensor] = {}
         self.step = 0
+        self.losses: list[Tensor] = []
+        self.override: dict[str, Tensor] = {}
 
     def draw(self, name: str, sampler: Sampler) -> Tensor:
         """The noise called ``name`` at the current step: injected if given, else sampled and recorded."""
         key = f"{name}@{self.step}"
+        if key in self.override:  # one example's slice of this step's noise (per-sample gradients)
+            return self.override[key]
         if key in self.injected:
             value = self.injected[key]
         elif name in self.injected:
@@ -64,6 +68,16 @@ def draw(name: str, sampler: Sampler) -> Tensor:
     """Noise for ``name`` from the active context; outside local training, sampled from the global RNG."""
     ctx = _CURRENT.get()
     return sampler(None) if ctx is None else ctx.draw(name, sampler)
+
+
+def add_loss(value: Tensor) -> None:
+    """Add a term to the training loss of the current step (e.g. a variational bottleneck's KL term).
+
+    Outside local training (plain inference) the term is dropped.
+    """
+    ctx = _CURRENT.get()
+    if ctx is not None:
+        ctx.losses.append(value)
 
 
 @contextmanager

@@ -89,6 +89,7 @@ class Scenario:
     fraction: float = 1.0
     seed: int = 0
     data_root: str | None = None
+    defenses: tuple[Any, ...] = ()
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with ``changes`` (``rounds=3``, ``dataset="sample-pneumoniamnist"``, ...)."""
@@ -143,12 +144,34 @@ class Scenario:
         return Federation(self, clients, self._local(test, np.arange(len(test))), train, parts, val_data,
                           val_parts)
 
+    def defended(self) -> tuple[ModelSpec, LocalRecipe, dict[str, list]]:
+        """The model spec and recipe with the scenario's defenses applied, and the defenses by stage."""
+        from gradleak.defenses import by_stage, resolve_defenses
+
+        stages = by_stage(resolve_defenses(self.defenses))
+        model = self.model
+        if stages["model"]:
+            options = dict(model.options)
+            options["model_defenses"] = [*options.get("model_defenses", []), *(d.to_json() for d in stages["model"])]
+            model = ModelSpec(model.name, options)
+        recipe = self.recipe.replace(step_transforms=(*self.recipe.step_transforms, *stages["step"]))
+        return model, recipe, stages
+
     def simulation(self, *, progress: bool = False, device: str | torch.device = "cpu",
                    federation: Federation | None = None) -> FedAvgSimulation:
-        """The :class:`FedAvgSimulation` of this scenario."""
+        """The :class:`FedAvgSimulation` of this scenario, with its defenses in place."""
         fed = federation if federation is not None else self.build()
-        return FedAvgSimulation(self.model, fed.clients, rounds=self.rounds, fraction=self.fraction, seed=self.seed,
-                                test=fed.test, progress=progress, device=device)
+        model, recipe, stages = self.defended()
+        clients = [dataclasses.replace(c, recipe=c.recipe.replace(step_transforms=recipe.step_transforms))
+                   for c in fed.clients]
+        aggregator = None
+        if stages["aggregate"]:
+            if len(stages["aggregate"]) > 1:
+                raise ValueError("at most one aggregate-stage defense")
+            aggregator = stages["aggregate"][0]
+        return FedAvgSimulation(model, clients, rounds=self.rounds, fraction=self.fraction, seed=self.seed,
+                                test=fed.test, update_defenses=stages["update"], aggregator=aggregator,
+                                progress=progress, device=device)
 
 
 SCENARIOS: Registry[Scenario] = Registry("scenario")

@@ -1,0 +1,31 @@
+"""Defenses by stage (model, step, update, aggregate), composable, registered by name in :data:`DEFENSES`."""
+
+from gradleak.defenses.accounting import dp_epsilon, fl_dp_epsilon
+from gradleak.defenses.aggregation import SecureAggregation, secure_sum
+from gradleak.defenses.base import DEFENSES, Defense, by_stage, resolve_defenses
+from gradleak.defenses.modules import CVB, PRECODE, ConvBottleneck, DropoutDefense, LinearBottleneck
+from gradleak.defenses.step import DPSGD, StepPrune
+from gradleak.defenses.update import Laplace, LocalGaussian, PruneUpdate, WithholdBN, WithholdLayers
+
+__all__ = [
+    "CVB",
+    "DEFENSES",
+    "DPSGD",
+    "PRECODE",
+    "ConvBottleneck",
+    "Defense",
+    "DropoutDefense",
+    "Laplace",
+    "LinearBottleneck",
+    "LocalGaussian",
+    "PruneUpdate",
+    "SecureAggregation",
+    "StepPrune",
+    "WithholdBN",
+    "WithholdLayers",
+    "by_stage",
+    "dp_epsilon",
+    "fl_dp_epsilon",
+    "resolve_defenses",
+    "secure_sum",
+]
