@@ -36,8 +36,9 @@ def secure_sum(updates: Sequence[ClientUpdate]) -> ClientUpdate:
             out[name] = acc.to(like.dtype) if like.is_floating_point() else acc.round().to(like.dtype)
         return out
 
-    return ClientUpdate(client=AGGREGATE_CLIENT, round=updates[0].round, delta=weighted("delta"), buffers=weighted("buffers"),
-                        num_examples=total, metadata={"secure_aggregate_of": len(updates)})
+    return ClientUpdate(client=AGGREGATE_CLIENT, round=updates[0].round, delta=weighted("delta"),
+                        buffers=weighted("buffers"), num_examples=total,
+                        metadata={"secure_aggregate_of": len(updates)})
 
 
 @_register("secure-aggregation")
