@@ -8,4 +8,20 @@ from gradleak.errors import DatasetNotFoundError, GradleakError, UnknownNameErro
 
 __version__ = "0.1.0"
 
-__all__ = ["DatasetNotFoundError", "GradleakError", "UnknownNameError", "UpdateFileError", "__version__"]
+__all__ = [
+    "AuditResult",
+    "DatasetNotFoundError",
+    "GradleakError",
+    "UnknownNameError",
+    "UpdateFileError",
+    "__version__",
+    "simulate_and_attack",
+]
+
+
+def __getattr__(name: str):  # lazy: `import gradleak` stays light
+    if name in ("simulate_and_attack", "AuditResult"):
+        from gradleak import audit
+
+        return getattr(audit, name)
+    raise AttributeError(f"module 'gradleak' has no attribute {name!r}")

@@ -2,6 +2,9 @@
 
 from gradleak.attacks.analytic import AnalyticLinear, invert_linear
 from gradleak.attacks.base import ATTACKS, Attack, AttackError
+from gradleak.attacks.dlg import DLG, IDLG
+from gradleak.attacks.fedavg_inversion import FedAvgInversion
+from gradleak.attacks.gradinversion import GradInversion
 from gradleak.attacks.imprint import (
     ImprintAttack,
     ImprintSecrets,
@@ -12,16 +15,22 @@ from gradleak.attacks.imprint import (
 )
 from gradleak.attacks.imprint_model import ImprintBlock, insert_imprint, linearize_resnet
 from gradleak.attacks.inspect import InspectionReport, inspect_model
+from gradleak.attacks.inverting_gradients import InvertingGradients
 
 __all__ = [
     "ATTACKS",
+    "DLG",
+    "IDLG",
     "AnalyticLinear",
     "Attack",
     "AttackError",
+    "FedAvgInversion",
+    "GradInversion",
     "ImprintAttack",
     "ImprintBlock",
     "ImprintSecrets",
     "InspectionReport",
+    "InvertingGradients",
     "expected_recovery",
     "insert_imprint",
     "inspect_model",
