@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-import pytest
 import torch
 from torch import nn
 
@@ -57,11 +56,3 @@ def client_view(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Loca
                       recipe=recipe, prior=prior)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared, loaded CPU several threads spin against each other and make the
-    double-backward of these tests tens of times slower (measured: 3 s vs 136 s for the same test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -17,13 +17,6 @@ from gradleak.records import ClientUpdate, GlobalState, ServerView
 MEAN, STD = (0.5,), (0.25,)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and much faster on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from gradleak.fl import LocalData, LocalRecipe, local_update, model_state
 from gradleak.models import create_model
 from gradleak.records import GlobalState
 
-from ._helpers import Factory, client_view, mnist, single_thread, tiny_bn_net  # noqa: F401 (autouse fixture)
+from ._helpers import Factory, client_view, mnist, tiny_bn_net
 
 FEDSGD = LocalRecipe(lr=0.01, steps=1, batch_size=1, shuffle=False)
 

@@ -13,7 +13,7 @@ from gradleak.errors import GradleakError
 from gradleak.fl import LocalRecipe
 from gradleak.models import create_model
 
-from ._helpers import mnist, single_thread  # noqa: F401 (autouse fixture)
+from ._helpers import mnist
 
 
 @pytest.fixture(scope="module")

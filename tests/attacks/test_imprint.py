@@ -29,13 +29,6 @@ from gradleak.records import ClientUpdate, GlobalState, ServerView
 MEAN, STD = (0.5, 0.4, 0.45), (0.25, 0.3, 0.2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and much faster on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 SHAPE = (3, 8, 8)
 
 

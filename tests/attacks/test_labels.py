@@ -12,7 +12,7 @@ from gradleak.data import load_dataset
 from gradleak.fl import LocalRecipe
 from gradleak.models import create_model
 
-from ._helpers import Factory, client_view, single_thread  # noqa: F401 (autouse fixture)
+from ._helpers import Factory, client_view
 
 FEDSGD = LocalRecipe(lr=0.01, steps=1, batch_size=8, shuffle=False)
 
