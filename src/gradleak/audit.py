@@ -37,12 +37,8 @@ from gradleak.fl.recipe import LocalRecipe
 from gradleak.metrics import assign, psnr, ssim
 from gradleak.records import ClientUpdate, GlobalState, Reconstruction, ServerView
 
-__all__ = ["RECIPE_PRESETS", "THREATS", "AuditResult", "DefensesUnavailableError", "Truth", "image_metrics",
+__all__ = ["RECIPE_PRESETS", "THREATS", "AuditResult", "Threat", "Truth", "image_metrics", "recovery_metrics",
            "simulate_and_attack"]
-
-
-class DefensesUnavailableError(GradleakError, NotImplementedError):
-    """``defenses`` were given but the defenses stage is not implemented yet."""
 
 
 #: Local-training presets by name, as functions of the client's number of images.
@@ -52,17 +48,26 @@ RECIPE_PRESETS: dict[str, Callable[[int], LocalRecipe]] = {
 }
 
 
-def _honest(truth_labels: Tensor) -> dict[str, Any]:
-    return {"labels": None}
+@dataclass(frozen=True)
+class Threat:
+    """What a threat model grants the attacker beyond the global state, the update(s) (with BN buffers unless
+    withheld), the recipe, the number of images and the defenses in use."""
+
+    labels: bool = False
+    client_noise: bool = False
+    malicious_model: bool = False
+    description: str = ""
 
 
-def _informed(truth_labels: Tensor) -> dict[str, Any]:
-    return {"labels": truth_labels}
-
-
-#: What each threat model grants beyond the global state, the update (with buffers), the recipe and the
-#: number of images: ``honest`` (honest-but-curious server) nothing more, ``informed`` also the labels.
-THREATS: dict[str, Callable[[Tensor], dict[str, Any]]] = {"honest": _honest, "informed": _informed}
+#: The threat models by name.
+THREATS: dict[str, Threat] = {
+    "honest": Threat(description="honest-but-curious server: sees the update, the round's model, the recipe"),
+    "informed": Threat(labels=True, description="honest-but-curious server that also knows the labels"),
+    "well-informed": Threat(client_noise=True, description="also handed the client's randomness (dropout masks, "
+                            "VB samples, DP noise) in ServerView.extra['noise'], as the WIIG attack assumes"),
+    "malicious-model": Threat(malicious_model=True, description="malicious server: sends a modified model (the "
+                              "attack's modify_model) and keeps its secrets in ServerView.secrets"),
+}
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,46 @@ def _combine(results: Sequence[Reconstruction]) -> Reconstruction:
         valid=None if results[0].valid is None else torch.cat([r.valid for r in results]))  # type: ignore[misc]
 
 
+def recovery_metrics(reconstructed: Tensor, truth: Tensor, valid: Tensor | None = None, *,
+                     verbatim_psnr: float = 60.0) -> dict[str, Any]:
+    """Grade an attack that returns any number of reconstructions (the imprint attack): the ones marked
+    ``valid`` are paired one-to-one with originals maximising total PSNR, and counted as *verbatim* when their
+    PSNR reaches ``verbatim_psnr`` dB. SSIM (scikit-image's defaults) and PSNR are means over the pairs."""
+    rec = reconstructed.detach().cpu().double().clamp(0, 1)
+    ref = truth.detach().cpu().double().clamp(0, 1)
+    if valid is not None:
+        rec = rec[valid.cpu().bool()]
+    out: dict[str, Any] = {"reconstructions": len(reconstructed), "valid": len(rec),
+                           "verbatim_psnr": verbatim_psnr}
+    if len(rec) == 0:
+        return out | {"verbatim": 0, "share_recovered": 0.0, "ssim": None, "psnr": None, "ssim_per_image": [],
+                      "psnr_per_image": [], "assignment": [-1] * len(ref)}
+    order = assign(rec, ref, metric="psnr")[0]
+    matched = [j for j in range(len(ref)) if int(order[j]) >= 0]
+    win = min(7, min(ref.shape[-2:]) - (1 - min(ref.shape[-2:]) % 2))
+    pair_rec, pair_ref = rec[[int(order[j]) for j in matched]], ref[matched]
+    per_psnr = psnr(pair_rec, pair_ref).tolist()
+    per_ssim = ssim(pair_rec, pair_ref, **{**SKIMAGE_DEFAULT_SSIM, "win_size": win}).tolist()
+    verbatim = int(sum(v >= verbatim_psnr for v in per_psnr))
+    return out | {"verbatim": verbatim, "share_recovered": verbatim / len(ref), "ssim": float(np.mean(per_ssim)),
+                  "psnr": float(np.mean(per_psnr)), "ssim_per_image": per_ssim, "psnr_per_image": per_psnr,
+                  "assignment": [int(i) for i in order]}
+
+
+def _check_threat(threat: str, attack: Attack) -> Threat:
+    if threat not in THREATS:
+        raise GradleakError(f"unknown threat {threat!r}; use one of {sorted(THREATS)}")
+    granted = THREATS[threat]
+    if attack.modifies_model and not granted.malicious_model:
+        raise GradleakError(f"the {attack.name or type(attack).__name__} attack modifies the model the clients "
+                            "train: use threat='malicious-model'")
+    if granted.malicious_model and not attack.modifies_model:
+        raise GradleakError(f"threat='malicious-model' needs an attack that modifies the model (one of "
+                            f"{sorted(n for n in ATTACKS.names() if ATTACKS.get(n).modifies_model)}); "
+                            f"{attack.name or type(attack).__name__} attacks honest updates")
+    return granted
+
+
 def simulate_and_attack(
     model: nn.Module,
     images: Tensor,
@@ -170,6 +215,7 @@ def simulate_and_attack(
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
     prior: Tensor | None = None,
+    public: Tensor | None = None,
     num_classes: int | None = None,
 ) -> AuditResult:
     """Simulate a client's update from ``images``, build the view ``threat`` allows, attack, and grade.
@@ -186,27 +232,40 @@ def simulate_and_attack(
     attack, attack_options
         An attack object, or a registered attack name and its options.
     defenses
-        Not available yet: must be empty (raises :class:`DefensesUnavailableError`).
+        Defense names (papers' defaults), ``{"name", "options"}`` dicts or :class:`~gradleak.defenses.Defense`
+        objects, applied by stage in order: model (the clients' architecture: ``dropout``, ``precode``,
+        ``cvb``), step (inside local training: ``dp-sgd``, ``prune``), update (before sending:
+        ``local-gaussian``, ``laplace``, ``prune-update``, ``withhold-bn``, ``withhold-layers``) and aggregate
+        (``secure-aggregation``: the server sees one aggregate of all clients). The view lists them in
+        ``defenses`` (the attacker knows which defenses are in use, not their randomness).
     threat
-        ``"honest"`` (global state, update with BN buffers, recipe, number of images) or ``"informed"``
-        (also the labels).
+        A key of :data:`THREATS`: ``"honest"`` (global state, update with BN buffers, recipe, number of images),
+        ``"informed"`` (also the labels), ``"well-informed"`` (also the client's randomness),
+        ``"malicious-model"`` (the attack's :meth:`~gradleak.attacks.base.Attack.modify_model` sets the model
+        the clients train, e.g. the imprint module).
     victims
         ``"batch"``: all images are one client's data; ``"each"``: every image is its own one-image client,
         all attacked together (vectorised for optimisation attacks).
     generator
-        Seeds the clients' training randomness and the attack.
+        Seeds the clients' training randomness, the defenses, the server's modification and the attack.
     mean, std
         Per-channel normalisation the model expects; ``images`` are normalised with it.
     prior
         A prior image in ``[0, 1]`` the attacker holds (``ServerView.prior``; needed by ``fedavg-inversion``).
+    public
+        Images in ``[0, 1]`` a malicious server holds (never the attacked ones), e.g. to place imprint bins.
     num_classes
         Number of classes (default: the model's number of outputs).
+
+    Returns
+    -------
+    AuditResult
+        With optimisation attacks, ``metrics`` holds SSIM/PSNR per image (after the SSIM-optimal assignment
+        within a batch) and label accuracy. With attacks that return any number of images marked ``valid``
+        (imprint), it holds :func:`recovery_metrics`: valid and verbatim counts, PSNR and SSIM of the pairs.
     """
-    if defenses:
-        raise DefensesUnavailableError("defenses are not implemented yet (they arrive with the defenses issue); "
-                                       "pass defenses=()")
-    if threat not in THREATS:
-        raise GradleakError(f"unknown threat {threat!r}; use one of {sorted(THREATS)}")
+    from gradleak.defenses import by_stage, resolve_defenses
+
     if victims not in ("batch", "each"):
         raise GradleakError(f"victims must be 'batch' or 'each', got {victims!r}")
     if images.dim() != 4 or labels.shape != (images.shape[0],):
@@ -215,30 +274,64 @@ def simulate_and_attack(
         attack = ATTACKS.create(attack, **dict(attack_options or {}))
     elif attack_options:
         raise GradleakError("attack_options go with an attack name; configure an attack object directly")
+    granted = _check_threat(threat, attack)
+    try:
+        defense_list = resolve_defenses(defenses)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GradleakError(f"defenses: {exc}") from exc
+    stages = by_stage(defense_list)
+    if len(stages["aggregate"]) > 1:
+        raise GradleakError("at most one aggregate-stage defense")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    client_seed, attack_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
+    client_seed, attack_seed, server_seed = torch.randint(0, 2**62, (3,), generator=generator).tolist()
 
-    params, buffers = model_state(model)
+    image_shape: tuple[int, int, int] = tuple(images.shape[1:])  # type: ignore[assignment]
+    client_model = model
+    for defense in stages["model"]:
+        client_model = defense.apply(client_model)
+    secrets: dict[str, Any] = {}
+    if granted.malicious_model:
+        server_public = None if public is None else normalize(public.float(), mean, std)
+        client_model, secrets = attack.modify_model(client_model, image_shape, public=server_public,
+                                                    generator=torch.Generator().manual_seed(server_seed))
+    params, buffers = model_state(client_model)
     state = GlobalState(round=0, params=params, buffers=buffers)
     dtype = next(iter(params.values())).dtype if params else torch.float32
     x = normalize(images.to(dtype), mean, std)
     if num_classes is None:
         with torch.no_grad():
-            num_classes = int(copy.deepcopy(model).eval()(x[:1]).shape[-1])
+            num_classes = int(copy.deepcopy(client_model).eval()(x[:1]).shape[-1])
     groups = [list(range(len(images)))] if victims == "batch" else [[i] for i in range(len(images))]
-    factory = _ModuleFactory(model)
-    views = []
+    factory = _ModuleFactory(client_model)
+    updates, noises, recipes = [], [], []
     for client, idx in enumerate(groups):
         client_recipe = _resolve_recipe(recipe, len(idx))
+        client_recipe = client_recipe.replace(step_transforms=(*client_recipe.step_transforms, *stages["step"]))
         g = torch.Generator().manual_seed(client_seed + client)
-        out = local_update(model, params, buffers, LocalData(x[idx], labels[idx]), client_recipe, generator=g)
+        out = local_update(client_model, params, buffers, LocalData(x[idx], labels[idx]), client_recipe, generator=g)
         update = ClientUpdate(client=client, round=0, delta=out.delta(params), buffers=out.buffers,
                               num_examples=len(idx), metadata={"recipe": client_recipe.to_json()})
-        views.append(ServerView(
-            model=factory, global_state=state, updates=(update,),
-            image_shape=tuple(images.shape[1:]), num_classes=num_classes,  # type: ignore[arg-type]
-            mean=tuple(mean), std=tuple(std), batch_size=client_recipe.batch_size, num_images=len(idx),
-            recipe=client_recipe, prior=prior, **THREATS[threat](labels[idx])))
+        for defense in stages["update"]:
+            update = defense(update, g)
+        updates.append(update)
+        noises.append(dict(out.noise))
+        recipes.append(client_recipe)
+
+    common = {"model": factory, "global_state": state, "image_shape": image_shape, "num_classes": num_classes,
+              "mean": tuple(mean), "std": tuple(std), "prior": prior, "defenses": tuple(defense_list),
+              "secrets": secrets}
+    views = []
+    if stages["aggregate"]:  # one view: the aggregate of every client
+        views.append(ServerView(updates=(stages["aggregate"][0](updates),), num_images=len(images),
+                                batch_size=recipes[0].batch_size if len(groups) == 1 else None,
+                                recipe=recipes[0] if len(groups) == 1 else None,
+                                labels=labels if granted.labels else None, **common))
+    else:
+        for idx, update, noise, client_recipe in zip(groups, updates, noises, recipes, strict=True):
+            views.append(ServerView(
+                updates=(update,), batch_size=client_recipe.batch_size, num_images=len(idx), recipe=client_recipe,
+                labels=labels[idx] if granted.labels else None,
+                extra={"noise": noise} if granted.client_noise else {}, **common))
 
     attack_generator = torch.Generator().manual_seed(attack_seed)
     if isinstance(attack, ReplayAttack):
@@ -247,10 +340,14 @@ def simulate_and_attack(
         results = [attack(v, generator=attack_generator) for v in views]
     reconstruction = _combine(results)
     truth = Truth(images=images.detach().clone(), labels=labels.detach().clone())
-    metrics: dict[str, Any] = image_metrics(reconstruction.images, truth.images, match=victims == "batch")
-    if reconstruction.labels is None:
+    metrics: dict[str, Any]
+    if reconstruction.valid is not None or len(reconstruction.images) != len(images):
+        metrics = recovery_metrics(reconstruction.images, truth.images, reconstruction.valid)
+    else:
+        metrics = image_metrics(reconstruction.images, truth.images, match=victims == "batch" or len(views) == 1)
+    if reconstruction.labels is None or len(reconstruction.labels) != len(labels):
         metrics["label_accuracy"] = None
-    elif victims == "each":  # one label per victim, in order
+    elif victims == "each" and len(views) > 1:  # one label per victim, in order
         metrics["label_accuracy"] = float((reconstruction.labels.cpu() == labels.cpu()).float().mean())
     else:
         metrics["label_accuracy"] = _label_accuracy(reconstruction.labels, labels)

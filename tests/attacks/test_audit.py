@@ -8,7 +8,8 @@ import torch
 from skimage.metrics import structural_similarity
 
 from gradleak.attacks.inverting_gradients import InvertingGradients
-from gradleak.audit import DefensesUnavailableError, image_metrics, simulate_and_attack
+from gradleak.audit import image_metrics, recovery_metrics, simulate_and_attack
+from gradleak.defenses import DPSGD, LocalGaussian
 from gradleak.errors import GradleakError
 from gradleak.fl import LocalRecipe
 from gradleak.models import create_model
@@ -63,8 +64,12 @@ def test_image_metrics_match_reconstructions_to_originals() -> None:
 
 def test_errors(cnn) -> None:
     x, y, _, _ = mnist(1)
-    with pytest.raises(DefensesUnavailableError, match="defenses"):
+    with pytest.raises(GradleakError, match=r"unknown defense 'dp'.*dp-sgd"):
         simulate_and_attack(cnn, x, y, recipe="fedsgd", attack="dlg", defenses=["dp"])
+    with pytest.raises(GradleakError, match="malicious-model"):
+        simulate_and_attack(cnn, x, y, recipe="fedsgd", attack="imprint")
+    with pytest.raises(GradleakError, match=r"modifies the model.*imprint"):
+        simulate_and_attack(cnn, x, y, recipe="fedsgd", attack="dlg", threat="malicious-model")
     with pytest.raises(GradleakError, match="unknown threat"):
         simulate_and_attack(cnn, x, y, recipe="fedsgd", attack="dlg", threat="omniscient")
     with pytest.raises(GradleakError, match="unknown recipe preset"):
@@ -73,3 +78,80 @@ def test_errors(cnn) -> None:
         simulate_and_attack(cnn, x, y, recipe="fedsgd", attack="dlg", victims="all")
     with pytest.raises(GradleakError, match="attack_options"):
         simulate_and_attack(cnn, x, y, recipe="fedsgd", attack=InvertingGradients(), attack_options={"lr": 1.0})
+
+
+def test_defenses_by_stage(cnn) -> None:
+    x, y, mean, std = mnist(2)
+    attack = InvertingGradients(iterations=1)
+    plain = simulate_and_attack(cnn, x, y, recipe="fedsgd", attack=attack, victims="each", mean=mean, std=std)
+    defended = simulate_and_attack(cnn, x, y, recipe="fedsgd", attack=attack, victims="each", mean=mean, std=std,
+                                   defenses=["dropout", DPSGD(clip=1.0, noise_multiplier=0.0),
+                                             {"name": "local-gaussian", "options": {"sigma0": 0.0}}],
+                                   threat="well-informed")
+    view = defended.views[0]
+    # model stage: the clients (and the view's architecture) carry dropout; step stage: DP-SGD in the recipe
+    assert view.build_model().dropout.p == 0.25 and plain.views[0].build_model().dropout.p == 0.0
+    assert isinstance(view.recipe.step_transforms[-1], DPSGD)
+    assert [d.name for d in view.defenses] == ["dropout", "dp-sgd", "local-gaussian"]
+    # well-informed: the client's dropout masks are handed over; clipping to norm 1 bounds the step
+    noise = view.extra["noise"]
+    mask = noise["dropout@0"]
+    assert mask.shape == (1, view.build_model().classifier.in_features) and set(mask.unique().tolist()) <= {0, 1}
+    assert {k.split("/")[0] for k in noise} == {"dropout@0", "dp-sgd"}
+    norm = torch.cat([d.flatten() for d in view.update.delta.values()]).norm()
+    assert float(norm) <= 0.01 * 1.0 + 1e-6  # lr × clip (σ = 0)
+    # update stage: local Gaussian noise changes the update; σ0 = 0 leaves it bit-identical
+    noisy = simulate_and_attack(cnn, x, y, recipe="fedsgd", attack=attack, victims="each", mean=mean, std=std,
+                                defenses=[LocalGaussian(sigma0=1.0)])
+    same = simulate_and_attack(cnn, x, y, recipe="fedsgd", attack=attack, victims="each", mean=mean, std=std,
+                               defenses=[LocalGaussian(sigma0=0.0)])
+    for k, d in plain.views[0].update.delta.items():
+        assert torch.equal(same.views[0].update.delta[k], d)
+    assert not all(torch.equal(noisy.views[0].update.delta[k], d) for k, d in plain.views[0].update.delta.items())
+
+
+def test_secure_aggregation_view_holds_one_aggregate(cnn) -> None:
+    x, y, mean, std = mnist(3)
+    result = simulate_and_attack(cnn, x, y, recipe="fedsgd", attack=InvertingGradients(iterations=1),
+                                 victims="each", mean=mean, std=std, defenses=["secure-aggregation"])
+    (view,) = result.views
+    assert len(view.updates) == 1 and view.update.num_examples == 3 and view.num_images == 3
+    plain = simulate_and_attack(cnn, x, y, recipe="fedsgd", attack=InvertingGradients(iterations=1),
+                                victims="each", mean=mean, std=std)
+    for k, d in view.update.delta.items():  # FedAvg's average of the three one-image updates
+        expected = torch.stack([v.update.delta[k] for v in plain.views]).mean(0)
+        torch.testing.assert_close(d, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_imprint_through_simulate_and_attack() -> None:
+    """A malicious server's imprint module before the cnn: a batch of 8 MNIST images read out verbatim
+    (PSNR ≥ 60 dB) for every input alone in its bin, bins from the CDF of other images."""
+    from gradleak.data import load_dataset
+
+    ds = load_dataset("mnist", split="test")
+    x, y = ds.tensors(list(range(8)), size=32)
+    public, _ = ds.tensors(list(range(1000, 1500)), size=32)
+    torch.manual_seed(0)
+    model = create_model("cnn", in_channels=1)
+    result = simulate_and_attack(model, x, y, recipe="fedsgd", attack="imprint",
+                                 attack_options={"block": {"num_bins": 64}}, threat="malicious-model",
+                                 public=public, mean=ds.mean, std=ds.std)
+    (view,) = result.views
+    secrets = view.secrets["imprint"]
+    assert secrets.num_bins == 64
+    # the inputs alone in their bin, counted from the originals' measurement h and the secret bin edges
+    h = ((x - ds.mean[0]) / ds.std[0]).flatten(1).double() @ secrets.measurement
+    bins = torch.bucketize(h, torch.tensor(secrets.edges, dtype=torch.float64)[1:-1])
+    singles = int((torch.bincount(bins, minlength=64) == 1).sum())
+    assert singles >= 4
+    assert result.metrics["verbatim"] == singles and result.metrics["valid"] >= singles
+    assert result.metrics["share_recovered"] == singles / 8
+
+
+def test_recovery_metrics_pairs_valid_reconstructions() -> None:
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(4, 1, 16, 16, generator=g)
+    recs = torch.cat([truth[[3, 1]], torch.rand(1, 1, 16, 16, generator=g)])
+    metrics = recovery_metrics(recs, truth, torch.tensor([True, True, False]))
+    assert metrics["valid"] == 2 and metrics["verbatim"] == 2 and metrics["share_recovered"] == 0.5
+    assert metrics["assignment"] == [-1, 1, -1, 0] and metrics["ssim"] == pytest.approx(1.0)

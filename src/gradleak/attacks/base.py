@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor, nn
 
 from gradleak.errors import GradleakError
 from gradleak.records import Reconstruction, ServerView
@@ -45,12 +46,17 @@ class Attack(ABC):
         The attack replays local training and requires ``view.recipe``.
     ``max_updates``
         Largest number of updates the attack accepts in one view (``None``: any).
+    ``modifies_model``
+        A malicious-server attack: it sends the clients a modified model (:meth:`modify_model`) and reads the
+        updates with the secrets of that modification (``threat="malicious-model"`` in
+        :func:`gradleak.audit.simulate_and_attack`).
     """
 
     name: ClassVar[str] = ""
     needs_labels: ClassVar[bool] = False
     needs_recipe: ClassVar[bool] = False
     max_updates: ClassVar[int | None] = 1
+    modifies_model: ClassVar[bool] = False
 
     def __call__(self, view: ServerView, *, generator: torch.Generator | None = None) -> Reconstruction:
         """Validate ``view``, run :meth:`reconstruct` with a seeded generator, and package the result."""
@@ -66,6 +72,13 @@ class Attack(ABC):
     @abstractmethod
     def reconstruct(self, view: ServerView, generator: torch.Generator) -> Reconstruction:
         """The attack itself: images in ``[0, 1]`` pixel space, labels, trials, loss trace, iterations."""
+
+    def modify_model(self, model: nn.Module, image_shape: tuple[int, int, int], *, public: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """The model a malicious server sends instead of ``model`` and the secrets it keeps (for
+        ``ServerView.secrets``). ``public``: normalised images the server holds (never the attacked ones)."""
+        raise AttackError(f"{type(self).__name__} does not modify the model; it attacks honest updates "
+                          "(use threat='honest' or 'informed')")
 
     def validate(self, view: ServerView) -> None:
         """Raise :class:`AttackError` when ``view`` lacks what this attack needs."""

@@ -29,7 +29,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -212,6 +212,11 @@ class ImprintAttack(Attack):
         Relative threshold under which a bin's bias gradient counts as zero (an empty bin).
     include_collisions
         Return collisions too (``valid = False``, clamped to ``[0, 1]``); otherwise only valid recoveries.
+    block, position
+        The module :meth:`modify_model` inserts (an :class:`~gradleak.attacks.imprint_model.ImprintBlock` or
+        its options as a dict; default ``ImprintBlock()``: 128 brightness bins) and where
+        (``None``: before the model; ``"layer1"``..``"layer4"`` of a ResNet). Only used by the malicious
+        server's modification (``threat="malicious-model"``); the reading side needs only the secrets.
     """
 
     grid: int | None = 255
@@ -220,8 +225,34 @@ class ImprintAttack(Attack):
     bin_tol: float = 0.5
     rtol: float = 1e-6
     include_collisions: bool = True
+    block: Any = None
+    position: str | None = None
 
     max_updates = None
+    modifies_model = True
+
+    def __post_init__(self) -> None:
+        from gradleak.attacks.imprint_model import ImprintBlock
+
+        if self.block is None:
+            object.__setattr__(self, "block", ImprintBlock())
+        elif isinstance(self.block, Mapping):
+            object.__setattr__(self, "block", ImprintBlock(**self.block))
+        elif not isinstance(self.block, ImprintBlock):
+            raise AttackError(f"imprint: block must be an ImprintBlock or a dict of its options, got {self.block!r}")
+
+    def modify_model(self, model: nn.Module, image_shape: tuple[int, int, int], *, public: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """Insert the imprint module (:func:`~gradleak.attacks.imprint_model.insert_imprint`); bins from the
+        empirical CDF of ``public`` (normalised images the server holds) when the block's distribution asks."""
+        from gradleak.attacks.imprint_model import insert_imprint
+
+        if public is None and self.block.distribution == "empirical":
+            raise AttackError("imprint: the empirical bin distribution needs public data the server holds "
+                              "(simulate_and_attack(public=...)), or use block={'distribution': 'gaussian'}")
+        modified, secrets = insert_imprint(model, self.block, image_shape, position=self.position, public=public,
+                                           generator=generator)
+        return modified, {"imprint": secrets}
 
     def validate(self, view: ServerView) -> None:
         super().validate(view)

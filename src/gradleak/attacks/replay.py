@@ -268,12 +268,16 @@ class ReplayAttack(Attack):
 
         inner_dims = (0, 0 if joint else None, None, None, None, None)
         outer_dims = (0, 0, pdim, bdim, 0, 0 if received else None)
-        outer = vmap(vmap(single, in_dims=inner_dims), in_dims=outer_dims)
+        # randomness="different": stochastic layers (dropout, variational bottlenecks) the attacker does not know
+        # the client's noise of draw fresh noise per trial, as the client did
+        outer = vmap(vmap(single, in_dims=inner_dims, randomness="different"), in_dims=outer_dims,
+                     randomness="different")
         # per-trial gradients as vmap(grad(...)): differentiating *through* vmap with torch.autograd (or
         # torch.func.grad) gives wrong input gradients when the replay contains native BatchNorm (PyTorch
         # 2.14; tests/attacks/test_attacks.py::test_attack_gradient_matches_finite_differences)
         single_vg = grad_and_value(single, argnums=(0, 1) if joint else 0)
-        outer_vg = vmap(vmap(single_vg, in_dims=inner_dims), in_dims=outer_dims)
+        outer_vg = vmap(vmap(single_vg, in_dims=inner_dims, randomness="different"), in_dims=outer_dims,
+                        randomness="different")
 
         def group_term(x: Tensor) -> Tensor:
             return self.group * vmap(group_consistency)(x)

@@ -321,4 +321,14 @@ def local_update(
                 records.append(StepRecord(loss=loss, lr=lr, batch_size=int(xb.shape[0]), bn_stats=stats))
     finally:
         model.train(was_training)
-    return LocalResult(params=params, buffers=buffers, per_step=records, noise=dict(ctx.drawn))
+    return LocalResult(params=params, buffers=buffers, per_step=records,
+                       noise={k: _escaped(v) for k, v in ctx.drawn.items()})
+
+
+def _escaped(t: Tensor) -> Tensor:
+    """The plain tensor inside a wrapper that escaped a finished ``torch.func`` transform (noise sampled inside
+    ``grad`` is wrapped at that level; once the transform has returned the wrapper is dead and only confuses
+    printing and serialisation). Live tensors, and tensors that carry an attacker's graph, are returned as is."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t) and torch._C._functorch.maybe_get_level(t) < 0:
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
