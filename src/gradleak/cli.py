@@ -1,10 +1,10 @@
-"""The ``gradleak`` command line: ``demo``, ``simulate``, ``inspect``, ``list``."""
+"""The ``gradleak`` command line: ``demo``, ``run``, ``report``, ``attack``, ``imprint-calc``, ``simulate``,
+``inspect``, ``list``. Errors are one line: what is wrong and what to do (exit code 2)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -18,21 +18,37 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gradleak: how much of FL clients' data can the server reconstruct from their updates?")
 console = Console()
 
-DEMO_SIZES = (2, 8, 32, 128, 2, 8, 32, 128, 1)  # Table I scaled by 1/4 (client 9 keeps its single image)
-
-
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2) from exc
 
 
-@app.command("list")
-def list_(what: str = typer.Argument(..., help="models | datasets | scenarios")) -> None:
-    """List the registered models (with parameter counts), datasets or scenario presets."""
+def _registries() -> dict[str, object]:
+    """The registries ``gradleak list`` can print, by plural name."""
+    import gradleak.attacks  # noqa: F401  (registers every attack)
+    from gradleak.attacks.base import ATTACKS
     from gradleak.data import DATASETS
+    from gradleak.defenses import DEFENSES
     from gradleak.fl.presets import SCENARIOS
+    from gradleak.metrics import METRICS
+    from gradleak.study.runner import EXECUTORS
+
+    return {"attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS, "scenarios": SCENARIOS,
+            "metrics": METRICS, "executors": EXECUTORS}
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="attacks | defenses | models | datasets | scenarios | metrics | "
+                                              "executors")) -> None:
+    """List what is registered: attacks, defenses, models (with parameter counts), datasets, scenario presets,
+    per-image metrics or study executors."""
+    from rich.markup import escape
+
     from gradleak.models import describe_models
 
+    registries = _registries()
     table = Table()
     if what == "models":
         for col in ("model", "input (C×H×W)", "benchmark dataset", "parameters", "description"):
@@ -40,14 +56,17 @@ def list_(what: str = typer.Argument(..., help="models | datasets | scenarios"))
         for row in describe_models():
             shape = "×".join(str(s) for s in row["input_shape"])
             table.add_row(row["name"], shape, row["dataset"], f"{row['parameters']:,}", row["description"])
-    elif what in ("datasets", "scenarios"):
-        registry = DATASETS if what == "datasets" else SCENARIOS
+    elif what in registries:
+        registry = registries[what]
         table.add_column(what[:-1])
+        if what == "defenses":
+            table.add_column("stage")
         table.add_column("description")
-        for name in registry.names():
-            table.add_row(name, registry.describe(name))
+        for name in registry.names():  # type: ignore[attr-defined]
+            extra = [str(getattr(registry.get(name), "stage", ""))] if what == "defenses" else []  # type: ignore[attr-defined]
+            table.add_row(name, *extra, escape(registry.describe(name)))  # type: ignore[attr-defined]
     else:
-        _fail(GradleakError(f"unknown list {what!r}; choose models, datasets or scenarios"))
+        _fail(GradleakError(f"unknown list {what!r}; choose one of models, {', '.join(registries)}"))
     console.print(table)
 
 
@@ -145,47 +164,202 @@ def inspect(store_dir: Path = typer.Argument(..., help="an UpdateStore directory
     console.print("every record loaded and validated" + (" against the model" if model is not None else ""))
 
 
+def _demo_config(out: Path, rounds: int | None, iterations: int | None, executor: str | None):
+    """The bundled demo config with the command's overrides."""
+    import yaml
+
+    from gradleak.study import demo_config_path, parse_config
+
+    data = yaml.safe_load(Path(demo_config_path()).read_text())
+    data["output"] = str(out)
+    if rounds is not None:
+        data["scenario"]["rounds"] = rounds
+    if iterations is not None:
+        for attack in data["attacks"]:
+            if "iterations" in attack.get("options", {}):
+                attack["options"]["iterations"] = iterations
+    if executor is not None:
+        data["executor"] = {"kind": executor}
+    return parse_config(data, source="demo.yaml")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("gradleak-out/demo"), help="output directory"),
-    rounds: int = typer.Option(3, min=1),
+    rounds: int | None = typer.Option(None, min=1, help="FedAvg rounds (default: the demo config's 4)"),
+    iterations: int | None = typer.Option(None, min=1, help="attack iterations (default: the demo config's)"),
+    executor: str | None = typer.Option(None, help="local (default) or ray"),
 ) -> None:
-    """Offline end-to-end smoke on the bundled PneumoniaMNIST sample: the hospital federation (Table I scaled
-    by 1/4, BatchNorm ConvNet for CPU speed), every update recorded, reloaded and validated."""
-    from gradleak.fl.presets import SCENARIOS
-    from gradleak.records import ModelSpec
+    """The offline demo audit: the hospital federation on the bundled PneumoniaMNIST sample, the BN-aware FedAvg
+    inversion on clients 1, 5 and 9 (ids 0, 4, 8) at an early and a late round under local Gaussian noise
+    sigma0 in {0, 10, 30}, one imprint (malicious server) run, and the HTML report. Runs the bundled
+    study config (``gradleak/study/configs/demo.yaml``) through the study runner; a re-run resumes."""
+    from gradleak.report import build_report
+    from gradleak.study import run_study
 
     started = time.perf_counter()
-    scenario = SCENARIOS.create(
-        "hospital", dataset="sample-pneumoniamnist", sizes=DEMO_SIZES, val_per_client=12, rounds=rounds,
-        model=ModelSpec("convnet", {"num_classes": 2, "in_channels": 1, "image_size": 28, "width": 16}),
-    )
-    console.print(f"[bold]gradleak demo[/]: {scenario.num_participants} hospitals on the bundled "
-                  f"PneumoniaMNIST sample, sizes {list(DEMO_SIZES)}, {rounds} FedAvg rounds")
     try:
-        if (out / "store").exists():  # the demo always starts from scratch
-            shutil.rmtree(out / "store")
-        store, federation, _, result = _simulate(scenario, out, "cpu", resume=False)
-        model = scenario.model.build()
-        n_updates = sum(len(store.updates(round=r, model=model)) for r in store.rounds())
+        config = _demo_config(out, rounds, iterations, executor)
+        console.print(f"[bold]gradleak demo[/]: {config.scenario.preset} scenario on the bundled sample, "
+                      f"{len(config.attacks)} attacks, sigma0 in {config.defenses[0].grid['sigma0']}")
+        result = run_study(config, console=console)
+        report = build_report(result.out)
     except GradleakError as exc:
         _fail(exc)
         return
-    console.print(_history_table(result.history))
-    _write_history(out, result.history)
-    majority = max(federation.test.y.bincount().tolist()) / len(federation.test)
-    summary = {
-        "rounds": rounds,
-        "clients": scenario.num_participants,
-        "updates_recorded_and_validated": n_updates,
-        "final_test_accuracy": result.history[-1].test_accuracy,
-        "best_round": result.best_round,
-        "majority_class_rate": majority,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    seconds = round(time.perf_counter() - started, 1)
+    summary = {"seconds": seconds, "units_run": result.ran, "units_skipped": result.skipped,
+               "results": str(result.results_csv), "report": str(report.html)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"{n_updates} client updates recorded and re-validated in [bold]{store.path}[/]")
-    console.print(f"demo output written to [bold]{out.resolve()}[/] (summary.json, history.json, store/)")
+    for line in report.summary:
+        console.print(f"• {line}")
+    console.print(f"results table: {result.results_csv} (and .parquet)")
+    console.print(f"demo output written to [bold]{out.resolve()}[/] in {seconds} s; report: [bold]{report.html}[/]")
+
+
+@app.command()
+def run(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="a study config (YAML)"),
+    out: Path | None = typer.Option(None, help="output directory (default: the config's output)"),
+    executor: str | None = typer.Option(None, help="local or ray (default: the config's executor)"),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start Ray locally)"),
+    report: bool = typer.Option(True, help="write the HTML report when the study is done"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Run a study: simulate each defense setting's federation, attack the recorded updates, grade them, and
+    write OUT/results.{csv,parquet}, OUT/settings.{csv,parquet} and the report. Finished units are skipped."""
+    from gradleak.report import build_report
+    from gradleak.study import load_config, run_study
+    from gradleak.study.config import replace_config
+
+    try:
+        config = load_config(config_path)
+        changes: dict = {}
+        if out is not None:
+            changes["output"] = str(out)
+        if executor is not None or address is not None:
+            kind = executor or config.executor.kind
+            changes["executor"] = {**config.executor.model_dump(), "kind": kind, "address": address}
+        if changes:
+            config = replace_config(config, **changes)
+        result = run_study(config, progress=progress, console=console)
+        html = build_report(result.out).html if report else None
+    except GradleakError as exc:
+        _fail(exc)
+        return
+    console.print(f"{result.ran} units run, {result.skipped} already finished; results in "
+                  f"[bold]{result.results_csv}[/] and {result.results_parquet.name}")
+    if html is not None:
+        console.print(f"report: [bold]{html}[/]")
+
+
+@app.command("report")
+def report_(out: Path = typer.Argument(..., metavar="DIR", help="a study's output directory")) -> None:
+    """Write DIR/report.html and its figures (DIR/report/*.png) from a study's results."""
+    from gradleak.report import build_report
+
+    try:
+        report = build_report(out)
+    except GradleakError as exc:
+        _fail(exc)
+        return
+    for line in report.summary:
+        console.print(f"• {line}")
+    console.print(f"report: [bold]{report.html}[/] ({len(report.figures)} figures)")
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values parsed as YAML scalars (``iterations=200``, ``tv=1e-4``, ``labels=joint``)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise GradleakError(f"--option takes key=value, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+@app.command()
+def attack(
+    store_dir: Path = typer.Option(..., "--store", help="an UpdateStore (from gradleak run/simulate or Flower)"),
+    round_: int = typer.Option(..., "--round", min=0, help="the round of the attacked update"),
+    client: int = typer.Option(..., min=0, help="the client id of the attacked update"),
+    attack_name: str = typer.Option(..., "--attack", help="an attack name (gradleak list attacks)"),
+    option: list[str] = typer.Option([], help="attack option key=value (repeatable)"),
+    dataset: str = typer.Option(..., help="the clients' dataset (its shape, classes and normalisation; prior)"),
+    model: str | None = typer.Option(None, help="the clients' model when the store records none (e.g. Flower)"),
+    model_option: list[str] = typer.Option([], help="model option key=value (repeatable), with --model"),
+    image_size: int | None = typer.Option(None, help="input size the clients resize to, if any"),
+    data_root: str | None = typer.Option(None, help="folder with the dataset files"),
+    prior_images: int = typer.Option(64, min=0, help="domain prior: mean of this many test images (0: none)"),
+    lr: float = typer.Option(0.01, help="recipe when the update records none (e.g. Flower): learning rate"),
+    batch_size: int = typer.Option(4, min=1, help="... batch size"),
+    epochs: int = typer.Option(1, min=1, help="... local epochs"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("gradleak-out/attack"), help="where the reconstruction goes"),
+) -> None:
+    """Attack one recorded update (also updates recorded from Flower by RecordingStrategy). Writes the
+    reconstruction as OUT/reconstruction.png and .npz. The recipe recorded with the update is used; updates
+    without one (Flower) get --lr/--batch-size/--epochs."""
+    import numpy as np
+    import torch
+
+    import gradleak.attacks  # noqa: F401
+    from gradleak.attacks.base import ATTACKS
+    from gradleak.fl.recipe import LocalRecipe
+    from gradleak.fl.store import UpdateStore
+    from gradleak.records import ModelSpec
+    from gradleak.report.figures import save_image_row
+    from gradleak.study.views import data_context, domain_prior, view_from_store
+
+    try:
+        attack_obj = ATTACKS.create(attack_name, **_parse_options(option))
+        store = UpdateStore(store_dir, create=False)
+        context = data_context(dataset, image_size=image_size, root=data_root)
+        prior = (domain_prior(dataset, images=prior_images, image_size=image_size, root=data_root, seed=seed)
+                 if prior_images else None)
+        fallback = LocalRecipe(lr=lr, batch_size=batch_size, epochs=epochs, shuffle=False)
+        spec = ModelSpec(model, _parse_options(model_option)) if model is not None else None
+        view = view_from_store(store, round=round_, client=client, context=context, model=spec, recipe=fallback,
+                               prior=prior)
+        recon = attack_obj(view, generator=torch.Generator().manual_seed(seed))
+    except (GradleakError, TypeError, ValueError) as exc:
+        _fail(exc if isinstance(exc, GradleakError) else GradleakError(f"{attack_name}: {exc}"))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "reconstruction.npz", images=recon.images.numpy(),
+                        labels=np.array([] if recon.labels is None else recon.labels.numpy()))
+    png = save_image_row(recon.images, out / "reconstruction.png", title=f"{attack_name}: client {client}, "
+                         f"round {round_}")
+    console.print(f"{attack_name} on client {client}, round {round_}: {len(recon.images)} image(s) in "
+                  f"{recon.wall_time:.1f} s, {recon.iterations} iterations -> [bold]{png}[/]")
+
+
+@app.command("imprint-calc")
+def imprint_calc(
+    batch: int = typer.Option(..., min=1, help="inputs in the attacked batch (or aggregate)"),
+    bins: int = typer.Option(..., min=1, help="imprint bins"),
+    draws: int = typer.Option(20000, min=1, help="Monte-Carlo draws"),
+) -> None:
+    """How many of BATCH inputs an imprint module with BINS bins recovers (alone in their bin): the iid
+    expectation, Proposition 1 of Fowl et al. as printed (for bins > batch > 2), and a Monte-Carlo check."""
+    import torch
+
+    from gradleak.attacks.imprint import expected_recovery, simulate_recovery
+
+    iid = expected_recovery(batch, bins)
+    mean, se = simulate_recovery(batch, bins, draws, torch.Generator().manual_seed(0))
+    table = Table(title=f"{batch} inputs, {bins} bins")
+    for col in ("model", "expected inputs recovered", "share of the batch"):
+        table.add_column(col)
+    table.add_row("independent inputs", f"{iid:.2f}", f"{iid / batch:.1%}")
+    table.add_row(f"Monte-Carlo ({draws} draws)", f"{mean:.2f} ± {se:.2f}", f"{mean / batch:.1%}")
+    if bins > batch > 2:
+        paper = expected_recovery(batch, bins, model="paper")
+        table.add_row("Proposition 1 as printed", f"{paper:.2f}", f"{paper / batch:.1%}")
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry

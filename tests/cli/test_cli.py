@@ -1,28 +1,93 @@
-"""The command line: the offline demo, listings, and clear errors for bad stores and names."""
+"""The command line: the offline demo audit, attack, imprint-calc, listings, and clear errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from gradleak.cli import app
+from gradleak.fl.store import UpdateStore
+from gradleak.study.results import read_table
 
 runner = CliRunner()
 
 
-def test_demo_runs_offline_and_says_where_output_went(tmp_path) -> None:
-    out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--rounds", "1"])
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo audit at its smallest (1 round, 1 attack iteration): the same config and code path as make demo."""
+    out = tmp_path_factory.mktemp("demo")
+    result = runner.invoke(app, ["demo", "--out", str(out), "--rounds", "1", "--iterations", "1"])
     assert result.exit_code == 0, result.output
-    assert "demo output written to" in result.output
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["clients"] == 9 and summary["updates_recorded_and_validated"] == 9
-    assert 0.0 <= summary["final_test_accuracy"] <= 1.0
-    # a second run starts from scratch instead of failing on the existing store
-    again = runner.invoke(app, ["demo", "--out", str(out), "--rounds", "1"])
-    assert again.exit_code == 0, again.output
-    assert json.loads((out / "summary.json").read_text())["final_test_accuracy"] == summary["final_test_accuracy"]
+    assert "demo output written to" in result.output and "report.html" in result.output
+    return out
+
+
+def test_demo_runs_the_study_and_writes_the_report(demo_out: Path) -> None:
+    summary = json.loads((demo_out / "summary.json").read_text())
+    assert summary["units_run"] == 3 + 3 * (3 + 1)  # 3 federations; per sigma0: clients 0, 4, 8 and one imprint
+    rows = read_table(demo_out / "results.parquet")
+    assert sorted({r["defense.sigma0"] for r in rows}) == [0, 10, 30]
+    assert sorted({(r["attack"], r["client"]) for r in rows}) == [("fedavg-inversion", 0), ("fedavg-inversion", 4),
+                                                                   ("fedavg-inversion", 8), ("imprint", 2)]
+    imprint = [r for r in rows if r["attack"] == "imprint"]
+    assert all(r["expected_recovery"] == pytest.approx(32 * (63 / 64) ** 31) for r in imprint)
+    by_sigma = {r["defense.sigma0"]: r for r in imprint}
+    # without noise the imprint module reads about as many inputs verbatim as are alone in their bin (19.6 of 32)
+    assert by_sigma[0]["n_matched"] >= 12 and by_sigma[0]["psnr_mean"] > 60
+    assert by_sigma[30]["n_matched"] == 0  # sigma0 = 30 noise leaves no bin that passes the single-input checks
+    assert (demo_out / "report.html").is_file()
+
+
+def test_attack_command_reads_a_recorded_store(demo_out: Path, tmp_path: Path) -> None:
+    store = next((demo_out / "settings").glob("*/store"))
+    result = runner.invoke(app, ["attack", "--store", str(store), "--round", "0", "--client", "8", "--attack",
+                                 "fedavg-inversion", "--option", "iterations=2", "--dataset", "sample-pneumoniamnist",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "reconstruction.npz")["images"].shape == (1, 1, 28, 28)
+    missing = runner.invoke(app, ["attack", "--store", str(store), "--round", "0", "--client", "42", "--attack",
+                                  "dlg", "--dataset", "sample-pneumoniamnist", "--out", str(tmp_path)])
+    assert missing.exit_code == 2 and "no update of client 42 in round 0" in missing.output
+    unknown = runner.invoke(app, ["attack", "--store", str(store), "--round", "0", "--client", "8", "--attack",
+                                  "dgl", "--dataset", "sample-pneumoniamnist"])
+    assert unknown.exit_code == 2 and "Did you mean 'dlg'" in unknown.output
+
+
+def test_attack_command_reads_a_store_recorded_as_flower_records_it(demo_out: Path, tmp_path: Path) -> None:
+    """RecordingStrategy stores: no model spec in store.json, no recipe in the update metadata."""
+    source = UpdateStore(next((demo_out / "settings").glob("*/store")), create=False)
+    flower = UpdateStore(tmp_path / "flower")
+    flower.save_global(source.load_global(0))
+    update = source.load_update(0, 8)
+    flower.save_update(dataclasses.replace(update, metadata={"flower_node_id": 123, "train_loss": 0.5}))
+    args = ["attack", "--store", str(tmp_path / "flower"), "--round", "0", "--client", "8", "--attack",
+            "fedavg-inversion", "--option", "iterations=2", "--dataset", "sample-pneumoniamnist", "--batch-size", "1",
+            "--out", str(tmp_path / "out")]
+    no_model = runner.invoke(app, args)
+    assert no_model.exit_code == 2 and "--model NAME" in no_model.output
+    options = [f"--model-option={k}={v}" for k, v in source.model_spec.options.items()]
+    result = runner.invoke(app, [*args, "--model", source.model_spec.name, *options])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "reconstruction.png").is_file()
+
+
+def test_imprint_calc_prints_the_expectations() -> None:
+    result = runner.invoke(app, ["imprint-calc", "--batch", "64", "--bins", "128", "--draws", "2000"])
+    assert result.exit_code == 0, result.output
+    assert "39.05" in result.output and "28.17" in result.output  # iid and Proposition 1 (Fowl et al. Fig. 2a)
+
+
+@pytest.mark.parametrize(("what", "expected"), [("attacks", "fedavg-inversion"), ("defenses", "local-gaussian"),
+                                                 ("datasets", "sample-pneumoniamnist"), ("scenarios", "hospital")])
+def test_list_prints_the_registries(what: str, expected: str) -> None:
+    result = runner.invoke(app, ["list", what])
+    assert result.exit_code == 0 and expected in result.output
 
 
 def test_list_models_reports_parameter_counts() -> None:
@@ -31,16 +96,16 @@ def test_list_models_reports_parameter_counts() -> None:
     assert "65,162" in result.output and "11,173,962" in result.output
 
 
-def test_inspect_rejects_a_tampered_store(tmp_path) -> None:
-    out = tmp_path / "demo"
-    assert runner.invoke(app, ["demo", "--out", str(out), "--rounds", "1"]).exit_code == 0
-    ok = runner.invoke(app, ["inspect", str(out / "store")])
+def test_inspect_rejects_a_tampered_store(demo_out: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(next((demo_out / "settings").glob("*/store")), store)
+    ok = runner.invoke(app, ["inspect", str(store)])
     assert ok.exit_code == 0 and "validated against the model" in ok.output
-    victim = out / "store" / "updates" / "round_00000" / "client_00003.safetensors"
+    victim = store / "updates" / "round_00000" / "client_00003.safetensors"
     data = bytearray(victim.read_bytes())
     data[-5] ^= 0xFF
     victim.write_bytes(bytes(data))
-    bad = runner.invoke(app, ["inspect", str(out / "store")])
+    bad = runner.invoke(app, ["inspect", str(store)])
     assert bad.exit_code == 2
     assert "client_00003" in bad.output and "checksum" in bad.output
 

@@ -1,0 +1,242 @@
+"""Running one unit of a study: simulate a setting's federation, or attack one recorded update and grade it.
+
+Both functions are pure in their inputs (config, unit, output folder): every random choice is seeded from the
+study seed and the unit's id, and torch runs with ``config.threads`` threads, so a unit gives the same numbers
+in-process and on a Ray worker, and a unit run again after a crash gives the same numbers as the first time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradleak.errors import GradleakError
+from gradleak.study.config import StudyConfig
+from gradleak.study.grid import AttackUnit, FLUnit, Setting, federation_of
+from gradleak.study.results import load_unit, write_unit
+from gradleak.study.views import DataContext, domain_prior, public_images, view_from_store
+
+__all__ = ["run_attack_unit", "run_fl_unit", "setting_store", "unit_seed"]
+
+
+def unit_seed(seed: int, unit_id: str) -> int:
+    """A 63-bit seed from the study seed and a unit id."""
+    digest = hashlib.sha256(f"{seed}:{unit_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def setting_store(out: Path, setting: Setting) -> Path:
+    return Path(out) / "settings" / setting.slug / "store"
+
+
+def _base_row(setting: Setting) -> dict[str, Any]:
+    row: dict[str, Any] = {"setting": setting.key, "setting_label": setting.label, "arm": setting.arm}
+    row.update({f"defense.{k}": v for k, v in setting.defense_values.items()})
+    row.update({f"scenario.{k}": v for k, v in setting.scenario_values.items()})
+    return row
+
+
+def _epsilon(scenario: Any, federation: Any, stages: dict[str, list[Any]], delta: float) -> float | None:
+    """Largest per-client ε of the DP-SGD defense in use (Opacus RDP accountant), or ``None``."""
+    from gradleak.defenses import DPSGD, fl_dp_epsilon
+    from gradleak.fl.recipe import batch_schedule
+
+    dp = [d for d in stages["step"] if isinstance(d, DPSGD)]
+    if not dp:
+        return None
+    worst = 0.0
+    for client in federation.clients:
+        n, recipe = len(client.train), client.recipe
+        steps = len(batch_schedule(n, recipe))
+        worst = max(worst, fl_dp_epsilon(dp[0], num_examples=n, batch_size=min(recipe.batch_size, n),
+                                         steps_per_round=steps, rounds=scenario.rounds, delta=delta))
+    return worst
+
+
+def run_fl_unit(config: StudyConfig, unit: FLUnit, out: Path, *, hooks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Simulate the setting's federation, recording into its store (continuing an interrupted recording),
+    and write the unit's record: the per-round history, final/best accuracy and ε."""
+    from gradleak.fl.recorder import Recorder
+    from gradleak.fl.store import UpdateStore
+
+    torch.set_num_threads(config.threads)
+    scenario = unit.setting.scenario(config.name)
+    model_spec, _, stages = scenario.defended()
+    federation = federation_of(scenario)
+    store = UpdateStore(setting_store(out, unit.setting), model_spec=model_spec)
+    sim = scenario.simulation(federation=federation, device=config.device)
+    started = time.perf_counter()
+    result = sim.run(hooks=[Recorder(store), *hooks], resume_from=store)
+    history = [m.to_json() for m in result.history]
+    delta = 1e-5
+    best = next((m for m in result.history if m.round == result.best_round), None)
+    record = {
+        **_base_row(unit.setting), "unit": unit.id, "kind": "fl", "rounds": scenario.rounds,
+        "clients": len(federation.clients), "history": history,
+        "final_test_accuracy": result.history[-1].test_accuracy if result.history else None,
+        "final_mean_val_accuracy": result.history[-1].mean_val_accuracy if result.history else None,
+        "best_round": result.best_round, "best_test_accuracy": best.test_accuracy if best else None,
+        "epsilon": _epsilon(scenario, federation, stages, delta), "delta": delta,
+        "defenses": unit.setting.defense_json(), "seconds": time.perf_counter() - started,
+    }
+    write_unit(out, unit.id, record)
+    return record
+
+
+def _context(federation: Any) -> DataContext:
+    ds = federation.train_data
+    return DataContext(image_shape=tuple(federation.clients[0].train.x.shape[1:]),  # type: ignore[arg-type]
+                       num_classes=ds.num_classes, mean=tuple(ds.mean), std=tuple(ds.std))
+
+
+def _pool(federation: Any, client: int, size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All clients' training and validation images (each image once), the owner of each (the attacked client
+    when it holds that image), and the pool index of each of the attacked client's training images."""
+    keys: dict[tuple[str, int], int] = {}
+    owners: list[int] = []
+    sources: list[tuple[str, int]] = []
+    parts = [("train", federation.train_indices)]
+    if federation.val_data is not None:
+        parts.append(("val", federation.val_indices))
+    for split, indices in parts:
+        for c, idx in enumerate(indices):
+            for i in np.asarray(idx).tolist():
+                key = (split, int(i))
+                if key not in keys:
+                    keys[key] = len(owners)
+                    owners.append(c)
+                    sources.append(key)
+                elif c == client:
+                    owners[keys[key]] = client
+    images = []
+    for split, data in (("train", federation.train_data), ("val", federation.val_data)):
+        idx = [i for s, i in sources if s == split]
+        if idx:
+            images.append(data.tensors(idx, size=size)[0])
+    true_index = torch.tensor([keys[("train", int(i))] for i in np.asarray(federation.train_indices[client])])
+    return torch.cat(images), torch.tensor(owners), true_index
+
+
+def _extractor(space: str, state: Any, model_spec: Any, context: DataContext) -> Any:
+    from gradleak.data.transforms import normalize
+    from gradleak.metrics import model_features
+
+    if space == "pixel":
+        return "pixel"
+    model = model_spec.build()
+    model.load_state_dict(state.state_dict())
+    return model_features(model, "penultimate", transform=lambda x: normalize(x, context.mean, context.std))
+
+
+def _malicious_view(attack: Any, unit: AttackUnit, config: StudyConfig, scenario: Any, federation: Any,
+                    state: Any, context: DataContext, prior: torch.Tensor | None) -> Any:
+    """The server sends the attack's modified model to the client in this round; the client trains on it as the
+    simulator does (same seed, recipe and update-stage defenses); the view holds that update and the secrets."""
+    from gradleak.data.transforms import normalize
+    from gradleak.fl.federation import FedAvgSimulation
+    from gradleak.fl.local import model_state
+    from gradleak.records import GlobalState
+    from gradleak.study.views import recipe_from_update, server_view
+
+    model_spec, recipe, stages = scenario.defended()
+    honest = model_spec.build()
+    honest.load_state_dict(state.state_dict())
+    cfg = unit.attack.public
+    public = public_images(scenario.dataset, split=cfg.split, images=cfg.images, image_size=scenario.image_size,
+                          root=scenario.data_root, seed=config.seed)
+    g = torch.Generator().manual_seed(unit_seed(config.seed, unit.id + "/modify"))
+    modified, secrets = attack.modify_model(honest, context.image_shape,
+                                            public=normalize(public, context.mean, context.std), generator=g)
+    client = federation.clients[unit.client]
+    client = dataclasses.replace(client, recipe=client.recipe.replace(step_transforms=recipe.step_transforms))
+    factory = _Copies(modified)
+    sim = FedAvgSimulation(factory, [client], rounds=1, seed=scenario.seed, update_defenses=stages["update"],
+                           device=config.device)
+    params, buffers = model_state(modified)
+    update = sim.client_update(sim.clients[0], GlobalState(round=unit.round, params=params, buffers=buffers))
+    view_recipe = recipe_from_update(update, step_transforms=recipe.step_transforms)
+    return server_view(update, GlobalState(unit.round, params, buffers), factory, context, recipe=view_recipe,
+                       prior=prior, secrets=secrets, defenses=tuple(scenario.defenses))
+
+
+class _Copies:
+    """A zero-argument factory of copies of one module (the malicious server's modified model)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __call__(self) -> torch.nn.Module:
+        return copy.deepcopy(self.module)
+
+
+def run_attack_unit(config: StudyConfig, unit: AttackUnit, out: Path) -> dict[str, Any]:
+    """Attack one recorded update (or, for a malicious server, the update of its modified model), grade the
+    reconstruction with :mod:`gradleak.metrics`, and write the unit's record and arrays."""
+    from gradleak.attacks.base import ATTACKS
+    from gradleak.defenses import resolve_defenses
+    from gradleak.fl.store import UpdateStore
+    from gradleak.study.measure import measure
+
+    torch.set_num_threads(config.threads)
+    fl = load_unit(out, f"fl-{unit.setting.slug}")
+    scenario = unit.setting.scenario(config.name)
+    model_spec, recipe, _ = scenario.defended()
+    federation = federation_of(scenario)
+    context = _context(federation)
+    prior = None
+    if unit.attack.prior.kind == "mean":
+        p = unit.attack.prior
+        prior = domain_prior(scenario.dataset, split=p.split, images=p.images, image_size=scenario.image_size,
+                             root=scenario.data_root, seed=config.seed)
+    truth_x = federation.client_images(unit.client)
+    truth_y = torch.as_tensor(federation.train_data.labels[np.asarray(federation.train_indices[unit.client])])
+    store = UpdateStore(setting_store(out, unit.setting), create=False)
+    state = store.load_global(unit.round, model=model_spec.build())
+    attack = ATTACKS.create(unit.attack.name, **unit.attack.options)
+    if getattr(attack, "modifies_model", False):
+        view = _malicious_view(attack, unit, config, scenario, federation, state, context, prior)
+    else:
+        view = view_from_store(store, round=unit.round, client=unit.client, context=context, model=model_spec,
+                               step_transforms=recipe.step_transforms, prior=prior,
+                               labels=truth_y if unit.attack.threat == "informed" else None,
+                               defenses=resolve_defenses(scenario.defenses))
+    generator = torch.Generator().manual_seed(unit_seed(config.seed, unit.id))
+    started = time.perf_counter()
+    try:
+        recon = attack(view, generator=generator)
+    except GradleakError as exc:
+        raise GradleakError(f"unit {unit.id}: {exc}") from exc
+    seconds = time.perf_counter() - started
+    pool, owners, true_index = _pool(federation, unit.client, scenario.image_size)
+    extractor = _extractor(config.metrics.embedding_space, state, model_spec, context)
+    iip_space = extractor if config.metrics.iip_space == config.metrics.embedding_space else _extractor(
+        config.metrics.iip_space, state, model_spec, context)
+    numbers, arrays = measure(recon, truth_x, truth_y, prior=prior, metrics=config.metrics, pool=pool,
+                              owners=owners, true_index=true_index, client=unit.client, iip_space=iip_space,
+                              embedding_space=extractor)
+    update = view.update
+    local_steps = update.metadata.get("local_steps")
+    record = {
+        **_base_row(unit.setting), "unit": unit.id, "kind": "attack", "attack": unit.attack.name,
+        "attack_label": unit.attack.label or unit.attack.name, "attack_index": unit.attack_index,
+        "round": unit.round, "client": unit.client, "num_images": len(truth_x),
+        "batch_size": view.batch_size, "local_steps": local_steps, "iterations": recon.iterations,
+        "final_test_accuracy": fl.get("final_test_accuracy"), **numbers,
+        "attack_config": {k: repr(v) for k, v in recon.config.items()}, "seconds": seconds,
+    }
+    bins = getattr(view.secrets.get("imprint"), "num_bins", None)
+    if bins:  # a binned malicious module: how many inputs alone in their bin to expect (iid inputs)
+        from gradleak.attacks.imprint import expected_recovery
+
+        record["expected_recovery"] = expected_recovery(len(truth_x), int(bins))
+        record["bins"] = int(bins)
+    write_unit(out, unit.id, record, arrays)
+    return record
