@@ -16,11 +16,19 @@ from gradleak.attacks.imprint import (
 from gradleak.attacks.imprint_model import ImprintBlock, insert_imprint, linearize_resnet
 from gradleak.attacks.inspect import InspectionReport, inspect_model
 from gradleak.attacks.inverting_gradients import InvertingGradients
+from gradleak.attacks.targeted import CDIA, DIA, DPIA, GPIA, PIG, VBIA, WIIG, TargetedAttack
 
 __all__ = [
     "ATTACKS",
+    "CDIA",
+    "DIA",
     "DLG",
+    "DPIA",
+    "GPIA",
     "IDLG",
+    "PIG",
+    "VBIA",
+    "WIIG",
     "AnalyticLinear",
     "Attack",
     "AttackError",
@@ -31,6 +39,7 @@ __all__ = [
     "ImprintSecrets",
     "InspectionReport",
     "InvertingGradients",
+    "TargetedAttack",
     "expected_recovery",
     "insert_imprint",
     "inspect_model",

@@ -149,6 +149,7 @@ def minimize(
     tolerance: float | None = None,
     check_every: int = 100,
     value_and_grad: Callable[[Variables], tuple[Tensor, Variables]] | None = None,
+    lr_scale: Mapping[str, float] | None = None,
 ) -> OptimResult:
     """Minimise ``objective`` over ``variables`` (each with leading trial dimension ``T``).
 
@@ -173,10 +174,18 @@ def minimize(
         Optional ``variables -> ((T,) objective, gradients)`` used instead of differentiating ``objective``
         with ``torch.autograd`` (the attacks pass ``vmap(grad_and_value(...))``, see
         :mod:`gradleak.attacks.replay`); ``objective`` then only scores the final iterate.
+    lr_scale
+        Per-variable factor on the learning rate (default 1): variables of another scale than the images
+        (dropout masks, a bottleneck's noise) take smaller steps. Adam and SGD only.
     """
     cfg = optimizer or OptimizerConfig()
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
+    scale = dict(lr_scale or {})
+    if scale and cfg.name == "lbfgs":
+        raise ValueError("lr_scale needs adam or sgd (L-BFGS takes one step on all variables)")
+    if any(not (v > 0 and math.isfinite(v)) for v in scale.values()):
+        raise ValueError(f"lr_scale values must be positive and finite, got {scale}")
     current = {k: v.detach().clone() for k, v in variables.items()}
     first = next(iter(current.values()))
     trials = first.shape[0]
@@ -229,10 +238,10 @@ def minimize(
                     v = b2 * state[k + "/v"] + (1 - b2) * g * g if i else (1 - b2) * g * g
                     state[k + "/m"], state[k + "/v"] = m, v
                     denom = v.sqrt() / math.sqrt(1 - b2 ** (i + 1)) + cfg.eps
-                    new[k] = values[k] - (lr / (1 - b1 ** (i + 1))) * m / denom
+                    new[k] = values[k] - (lr * scale.get(k, 1.0) / (1 - b1 ** (i + 1))) * m / denom
                 current = new
             else:
-                current = {k: values[k] - lr * g for k, g in grads.items()}
+                current = {k: values[k] - lr * scale.get(k, 1.0) * g for k, g in grads.items()}
             if project is not None:
                 current = project(current)
         done = i + 1

@@ -15,6 +15,14 @@ replay *is* the client's training code, so FedSGD, several local steps over seve
 training mode with its running statistics, SGD or Adam are all reproduced exactly. Restarts and victims are
 one computation: ``torch.func.vmap`` over victims (each with its own update, and its own global state when
 the views differ) of ``vmap`` over restarts.
+
+Targeted attacks (:mod:`gradleak.attacks.targeted`) change the replay through :meth:`ReplayAttack.targeting`,
+which returns a :class:`Targeting`: noise handed to the replay per victim (a well-informed attacker's), noise
+*optimised* with the images ("noise leaves": per-trial tensors injected into ``local_update(noise=...)`` by
+key, vmapped like the images, e.g. dropout masks or a bottleneck's epsilon), their regulariser and projection,
+per-parameter masks on the dummy update (a pruning mask), parameters left out of the objective, and the
+recipe to replay. Stochastic layers whose noise is neither handed in nor optimised draw fresh noise in every
+trial and iteration (``vmap(..., randomness="different")``), as an attacker that does not know it would.
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ from gradleak.fl.local import LocalData, local_update
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.records import Reconstruction, ServerView, Trial
 
-__all__ = ["ReplayAttack"]
+__all__ = ["ReplayAttack", "Targeting"]
+
+LEAF = "noise:"  # prefix of the optimised noise leaves among the optimisation variables
 
 TensorDict = dict[str, Tensor]
 
@@ -71,6 +81,59 @@ def _generators(generator: torch.Generator | Sequence[torch.Generator] | None, n
     if len(generators) != n:
         raise ValueError(f"give one generator per view: {len(generators)} for {n} views")
     return generators
+
+
+def _identity(leaves: TensorDict) -> TensorDict:
+    return dict(leaves)
+
+
+@dataclass(frozen=True)
+class Targeting:
+    """What a targeted attack changes in the replay (every field optional; the default changes nothing).
+
+    Attributes
+    ----------
+    leaves
+        Noise optimised jointly with the images, by leaf name: a sampler ``(generator, restarts) -> (R, *shape)``
+        of each leaf's starting values (drawn per victim from the victim's generator, after the images).
+    inject
+        Maps one trial's leaves to the noise injected into ``local_update(noise=...)`` (default: by leaf name).
+    fixed
+        One mapping per view of noise handed to the replay as is (the client's true noise, or its mean);
+        shared by the victim's restarts. Empty: none.
+    masks
+        One mapping per view ``parameter -> mask`` multiplied into the dummy update before matching (the
+        client's pruning mask). Empty: none.
+    ignore
+        Parameters left out of the objective (Partial IG).
+    regularizer
+        One trial's leaves -> a 0-d penalty added to the objective.
+    project
+        Applied to the (batched) leaves after every step, like the pixel box (clip masks to ``[0, 1]``).
+    lr_scale
+        Learning-rate factor per leaf (see :func:`~gradleak.attacks.optimize.minimize`).
+    recipe
+        The recipe to replay instead of the view's (e.g. without the pruning step GPIA replaces by the mask).
+    """
+
+    leaves: Mapping[str, Callable[[torch.Generator, int], Tensor]] = dataclasses.field(default_factory=dict)
+    inject: Callable[[TensorDict], TensorDict] = _identity
+    fixed: Sequence[Mapping[str, Tensor]] = ()
+    masks: Sequence[Mapping[str, Tensor]] = ()
+    ignore: frozenset[str] = frozenset()
+    regularizer: Callable[[TensorDict], Tensor] | None = None
+    project: Callable[[TensorDict], TensorDict] | None = None
+    lr_scale: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    recipe: LocalRecipe | None = None
+
+
+def _stack_per_view(dicts: Sequence[Mapping[str, Tensor]], device: torch.device) -> TensorDict:
+    if not dicts:
+        return {}
+    keys = set(dicts[0])
+    if any(set(d) != keys for d in dicts):
+        raise AttackError("views attacked together must have the same noise/mask keys")
+    return {k: torch.stack([d[k].detach().to(device) for d in dicts]) for k in dicts[0]}
 
 
 @dataclass(frozen=True)
@@ -196,18 +259,35 @@ class ReplayAttack(Attack):
     def reconstruct_many(self, views: Sequence[ServerView],
                          generators: Sequence[torch.Generator]) -> list[Reconstruction]:
         """The vectorised attack of ``views`` (one generator each); results in view order."""
-        problem = self.problem(views)
-        result = minimize(problem.objective, problem.initial(generators), iterations=self.iterations,
-                          optimizer=self.optimizer_config(), project=problem.project if self.boxed else None,
-                          trace_every=self.trace_every, tolerance=self.tolerance, check_every=self.check_every,
-                          value_and_grad=problem.value_and_grad)
+        result, problem = self.solve(views, generators)
         return self._package(result, problem)
 
-    def evaluate(self, views: Sequence[ServerView], images: Tensor, labels: Tensor | None = None) -> Tensor:
+    def solve(self, views: Sequence[ServerView], generators: Sequence[torch.Generator]
+              ) -> tuple[OptimResult, _Problem]:
+        """Run the optimisation of :meth:`reconstruct_many` and return its raw result (every variable, the
+        noise leaves ``"noise:<name>"`` included, as ``(victims · restarts, ...)``) and the problem."""
+        problem = self.problem(views)
+        project = problem.project if (self.boxed or problem.targeting.project is not None) else None
+        result = minimize(problem.objective, problem.initial(generators), iterations=self.iterations,
+                          optimizer=self.optimizer_config(), project=project,
+                          trace_every=self.trace_every, tolerance=self.tolerance, check_every=self.check_every,
+                          value_and_grad=problem.value_and_grad,
+                          lr_scale={LEAF + k: v for k, v in problem.targeting.lr_scale.items()} or None)
+        return result, problem
+
+    def targeting(self, views: Sequence[ServerView], model: torch.nn.Module, recipe: LocalRecipe,
+                  n: int) -> Targeting:
+        """How this attack changes the replay of ``views`` (``model`` built from the first view, ``recipe`` the
+        one it would replay, ``n`` images per victim). The plain replay changes nothing."""
+        return Targeting()
+
+    def evaluate(self, views: Sequence[ServerView], images: Tensor, labels: Tensor | None = None,
+                 noise: Mapping[str, Tensor] | None = None) -> Tensor:
         """The attack's objective at given ``(V, n, C, H, W)`` images in ``[0, 1]``, one value per view.
 
         ``labels`` are ``(V, n)`` class indices or ``(V, n, K)`` probabilities; they are needed when the
-        attack optimises soft labels. At the client's true data and a faithful replay, the update term is 0.
+        attack optimises soft labels. ``noise`` gives the value ``(V, *shape)`` of every noise leaf the attack
+        optimises. At the client's true data (and noise) and a faithful replay, the update term is 0.
         """
         problem = dataclasses.replace(self, restarts=1).problem(views)
         first = views[0]
@@ -218,6 +298,10 @@ class ReplayAttack(Attack):
                 raise AttackError("this attack optimises soft labels: pass labels to evaluate it")
             probs = labels if labels.is_floating_point() else F.one_hot(labels, first.num_classes).float()
             values["y"] = probs.to(problem.device, problem.dtype).clamp_min(1e-12).log()
+        for name in problem.targeting.leaves:
+            if noise is None or name not in noise:
+                raise AttackError(f"this attack optimises the noise {name!r}: pass its value in noise=")
+            values[LEAF + name] = noise[name].to(problem.device, problem.dtype)
         with torch.no_grad():
             return problem.objective(values)
 
@@ -230,11 +314,19 @@ class ReplayAttack(Attack):
         model.to(device)
         n = self.num_images or view0.num_images or view0.update.num_examples
         recipe = self._recipe(view0, n)
+        tg = self.targeting(views, model, recipe, n)
+        if tg.recipe is not None:
+            recipe = tg.recipe
         scale = 1.0 / recipe.lr
         V, R, K = len(views), self.restarts, view0.num_classes
-        keys = [k for k in dict(model.named_parameters()) if k in view0.update.delta]
+        keys = [k for k in dict(model.named_parameters()) if k in view0.update.delta and k not in tg.ignore]
+        if not keys:
+            raise AttackError("no parameter is left to match (every sent parameter is ignored)")
         if any(set(v.update.delta) != set(view0.update.delta) for v in views):
             raise AttackError("views attacked together must send the same parameters")
+        fixed = _stack_per_view(tg.fixed, device)
+        masks = _stack_per_view(tg.masks, device)
+        leaf_names = list(tg.leaves)
         weights = layer_weights(keys, self.layer_weighting)
         momenta = bn_momenta(model)
         objective_fn = OBJECTIVES[self.objective]
@@ -253,9 +345,17 @@ class ReplayAttack(Attack):
         labels = None if joint else torch.stack(hard).to(device)  # type: ignore[arg-type]
         shape = (V, R, n, *view0.image_shape)
 
-        def single(x: Tensor, y: Tensor, p: TensorDict, b: TensorDict, t: TensorDict, recv: TensorDict) -> Tensor:
-            out = local_update(model, p, b, LocalData(x, y.softmax(-1) if joint else y), recipe, create_graph=True)
-            loss = objective_fn({k: (out.params[k] - p[k]) * scale for k in t}, t, weights)
+        def single(x: Tensor, y: Tensor, z: TensorDict, p: TensorDict, b: TensorDict, t: TensorDict,
+                   recv: TensorDict, fx: TensorDict, mk: TensorDict) -> Tensor:
+            injected = {**fx, **tg.inject(z)} if (z or fx) else None
+            out = local_update(model, p, b, LocalData(x, y.softmax(-1) if joint else y), recipe, noise=injected,
+                               create_graph=True)
+            dummy = {k: (out.params[k] - p[k]) * scale for k in t}
+            if mk:
+                dummy = {k: d * mk[k] if k in mk else d for k, d in dummy.items()}
+            loss = objective_fn(dummy, t, weights)
+            if tg.regularizer is not None and z:
+                loss = loss + tg.regularizer(z)
             if self.tv:
                 loss = loss + self.tv * total_variation(x)
             if self.l2:
@@ -266,8 +366,8 @@ class ReplayAttack(Attack):
                 loss = loss + self.bn_buffers * buffer_matching(out.buffers, recv, momenta)
             return loss
 
-        inner_dims = (0, 0 if joint else None, None, None, None, None)
-        outer_dims = (0, 0, pdim, bdim, 0, 0 if received else None)
+        inner_dims = (0, 0 if joint else None, 0, None, None, None, None, None, None)
+        outer_dims = (0, 0, 0, pdim, bdim, 0, 0 if received else None, 0 if fixed else None, 0 if masks else None)
         # randomness="different": stochastic layers (dropout, variational bottlenecks) the attacker does not know
         # the client's noise of draw fresh noise per trial, as the client did
         outer = vmap(vmap(single, in_dims=inner_dims, randomness="different"), in_dims=outer_dims,
@@ -275,17 +375,21 @@ class ReplayAttack(Attack):
         # per-trial gradients as vmap(grad(...)): differentiating *through* vmap with torch.autograd (or
         # torch.func.grad) gives wrong input gradients when the replay contains native BatchNorm (PyTorch
         # 2.14; tests/attacks/test_attacks.py::test_attack_gradient_matches_finite_differences)
-        single_vg = grad_and_value(single, argnums=(0, 1) if joint else 0)
+        argnums = (0, *((1,) if joint else ()), *((2,) if leaf_names else ()))
+        single_vg = grad_and_value(single, argnums=argnums if len(argnums) > 1 else 0)
         outer_vg = vmap(vmap(single_vg, in_dims=inner_dims, randomness="different"), in_dims=outer_dims,
                         randomness="different")
 
         def group_term(x: Tensor) -> Tensor:
             return self.group * vmap(group_consistency)(x)
 
+        def leaves_of(values: TensorDict) -> TensorDict:
+            return {k: values[LEAF + k].reshape(V, R, *values[LEAF + k].shape[1:]) for k in leaf_names}
+
         def objective(values: TensorDict) -> Tensor:
             x = values["x"].reshape(shape)
             y = values["y"].reshape(V, R, n, K) if joint else labels
-            loss = outer(x, y, params, buffers, targets, received)
+            loss = outer(x, y, leaves_of(values), params, buffers, targets, received, fixed, masks)
             if self.group and R > 1:
                 loss = loss + group_term(x)
             return loss.reshape(V * R)
@@ -293,10 +397,13 @@ class ReplayAttack(Attack):
         def value_and_grad(values: TensorDict) -> tuple[Tensor, TensorDict]:
             x = values["x"].reshape(shape)
             y = values["y"].reshape(V, R, n, K) if joint else labels
-            grads, loss = outer_vg(x, y, params, buffers, targets, received)
-            out = {"x": (grads[0] if joint else grads).reshape(values["x"].shape)}
+            grads, loss = outer_vg(x, y, leaves_of(values), params, buffers, targets, received, fixed, masks)
+            grads = grads if len(argnums) > 1 else (grads,)
+            out = {"x": grads[0].reshape(values["x"].shape)}
             if joint:
                 out["y"] = grads[1].reshape(values["y"].shape)
+            if leaf_names:
+                out.update({LEAF + k: g.reshape(values[LEAF + k].shape) for k, g in grads[-1].items()})
             if self.group and R > 1:  # no BatchNorm inside: plain autograd is exact here
                 leaf = x.detach().requires_grad_(True)
                 with torch.enable_grad():
@@ -312,9 +419,15 @@ class ReplayAttack(Attack):
         lo, hi = ((0 - mean) / std).to(dtype), ((1 - mean) / std).to(dtype)
 
         def project(values: TensorDict) -> TensorDict:
-            return {**values, "x": torch.maximum(torch.minimum(values["x"], hi), lo)}
+            out = dict(values)
+            if self.boxed:
+                out["x"] = torch.maximum(torch.minimum(values["x"], hi), lo)
+            if tg.project is not None and leaf_names:
+                out.update({LEAF + k: v for k, v in tg.project({k: values[LEAF + k] for k in leaf_names}).items()})
+            return out
 
-        return _Problem(self, tuple(views), shape, joint, labels, objective, value_and_grad, project, device, dtype)
+        return _Problem(self, tuple(views), shape, joint, labels, objective, value_and_grad, project, device, dtype,
+                        tg)
 
     def _package(self, result: OptimResult, problem: _Problem) -> list[Reconstruction]:
         V, R, n = problem.shape[:3]
@@ -349,18 +462,27 @@ class _Problem:
     project: Callable[[TensorDict], TensorDict]
     device: torch.device
     dtype: torch.dtype
+    targeting: Targeting = Targeting()
 
     def initial(self, generators: Sequence[torch.Generator]) -> TensorDict:
-        """Starting images (and soft-label logits), each victim drawing from its own generator."""
+        """Starting images (soft-label logits, noise leaves), each victim drawing from its own generator."""
         a, (_, R, n) = self.attack, self.shape[:3]
         xs, ys = [], []
+        leaves: dict[str, list[Tensor]] = {k: [] for k in self.targeting.leaves}
         for v, g in zip(self.views, generators, strict=True):
             xs.append(initialize(a.init, trials=R, n=n, image_shape=v.image_shape, generator=g, mean=v.mean,
                                  std=v.std, prior=v.prior, noise=a.init_noise))
             if self.joint:
                 draw = torch.randn if a.label_init == "gaussian" else torch.rand
                 ys.append(draw((R, n, v.num_classes), generator=g))
+            for k, sample in self.targeting.leaves.items():
+                leaves[k].append(sample(g, R))
         values = {"x": torch.cat(xs).to(self.device, self.dtype)}
         if self.joint:
             values["y"] = torch.cat(ys).to(self.device, self.dtype)
+        for k, drawn in leaves.items():
+            values[LEAF + k] = torch.cat(drawn).to(self.device, self.dtype)
+        if self.targeting.project is not None and leaves:
+            values.update({LEAF + k: v for k, v in self.targeting.project(
+                {k: values[LEAF + k] for k in leaves}).items()})
         return values

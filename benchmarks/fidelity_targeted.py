@@ -1,0 +1,278 @@
+"""Targeted attacks on defended updates (issue 5's acceptance): tables like Scheliga et al. 2024's Tables 1-4.
+
+Setting: MNIST test images padded to 32×32, the untrained ``cnn`` (seeded), FedSGD batch 1 (one step, SGD
+lr 0.01), one image per victim, ``--victims`` victims attacked together, defense defaults (DP clip 20 / noise
+multiplier 1e-4, pruning 0.5, dropout 0.25, PRECODE K=256, CVB C/2), SSIM = scikit-image's default
+(``result.metrics["ssim_per_image"]``), ASR = share of victims with SSIM > 0.5.
+
+Sections (``--only`` picks some; run them in separate processes and merge with ``--merge``):
+
+- ``single``: Tables 1-3 and DIA: wiig/dpia on DP, gpia vs inverting-gradients at pruning 0.9, pig/wiig on
+  PRECODE and CVB, inverting-gradients/wiig under dropout; the rows of vbia, dia, gpia at 0.5 and undefended
+  inverting-gradients are the ablation's single-defense rows (cdia on one defense is that attack).
+- ``ablation``: Table 4's 24 combinations DO × DP × GP × {none, PRECODE, CVB} under ``cdia``.
+- ``long``: the acceptance comparisons (gpia/IG at 0.9, vbia/pig, dia/IG, cdia on DP+PM) at
+  ``--long-iterations``.
+- ``utility``: test accuracy of the FL model trained with each combination (the ``combined-defenses`` preset,
+  shortened for CPU: ``--clients-images`` images per client, ``--rounds`` rounds, ``--test-images`` test images).
+
+The attack settings are inverting-gradients' acceptance settings of ``fidelity_attacks.py`` (unsigned Adam,
+lr 1.0, step decay, TV 3e-3) with reduced budgets for a shared 2-core CPU (``--iterations``,
+``--ablation-iterations``, ``--restarts``); the paper runs up to 20,000 iterations.
+
+Usage: ``python benchmarks/fidelity_targeted.py [--only single ablation utility] [--tag part]``, then
+``python benchmarks/fidelity_targeted.py --merge part1 part2`` to print all tables from saved parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradleak.audit import simulate_and_attack
+from gradleak.data import load_dataset
+from gradleak.fl.local import LocalData
+from gradleak.fl.presets import SCENARIOS, Federation
+from gradleak.models import create_model
+
+RESULTS = Path(__file__).parent / "results"
+ATTACK = {"restarts": 1, "signed": False, "lr": 1.0, "tv": 3e-3}
+PRUNE_90 = {"name": "prune", "options": {"rate": 0.9}}
+
+#: (table, attack, defenses, threat). cdia on one defense *is* the single attack (dia on dropout, vbia on
+#: PRECODE/CVB, gpia on pruning, inverting-gradients with none), so those rows are read from the ablation.
+SINGLE = [
+    ("T1 DP", "wiig", ["dp-sgd"], "well-informed"),
+    ("T1 DP", "dpia", ["dp-sgd"], "honest"),
+    ("T2 GP 0.9", "inverting-gradients", [PRUNE_90], "honest"),
+    ("T2 GP 0.9", "gpia", [PRUNE_90], "honest"),
+    ("T3 PRECODE", "pig", ["precode"], "honest"),
+    ("T3 PRECODE", "wiig", ["precode"], "well-informed"),
+    ("T3 CVB", "pig", ["cvb"], "honest"),
+    ("T3 CVB", "wiig", ["cvb"], "well-informed"),
+    ("DO", "inverting-gradients", ["dropout"], "honest"),
+    ("DO", "wiig", ["dropout"], "well-informed"),
+]
+#: the acceptance comparisons again at the longer budget ``--long-iterations``
+LONG = [
+    ("T2 GP 0.9", "inverting-gradients", [PRUNE_90], "honest"),
+    ("T2 GP 0.9", "gpia", [PRUNE_90], "honest"),
+    ("T3 PRECODE", "pig", ["precode"], "honest"),
+    ("T3 PRECODE", "vbia", ["precode"], "honest"),
+    ("T3 CVB", "pig", ["cvb"], "honest"),
+    ("T3 CVB", "vbia", ["cvb"], "honest"),
+    ("DO", "inverting-gradients", ["dropout"], "honest"),
+    ("DO", "dia", ["dropout"], "honest"),
+    ("T4 DP+CVB", "cdia", ["dp-sgd", "cvb"], "honest"),
+    ("T4 DP+PRECODE", "cdia", ["dp-sgd", "precode"], "honest"),
+]
+FROM_ABLATION = {"none": ("undefended", "inverting-gradients (= cdia)"), "DP": ("T1 DP", "cdia (IG, mean noise)"),
+                 "GP": ("T2 GP 0.5", "gpia (= cdia)"), "PRECODE": ("T3 PRECODE", "vbia (= cdia)"),
+                 "CVB": ("T3 CVB", "vbia (= cdia)"), "DO": ("DO", "dia (= cdia)")}
+
+
+def combinations() -> list[tuple[bool, bool, bool, str]]:
+    """Table 4's order: DO, DP, GP, PM (PM fastest)."""
+    return [(do, dp, gp, pm) for do, dp, gp, pm in itertools.product((False, True), (False, True), (False, True),
+                                                                       ("-", "P", "C"))]
+
+
+def defenses_of(do: bool, dp: bool, gp: bool, pm: str) -> list[str]:
+    return [*(["dropout"] if do else []), *(["dp-sgd"] if dp else []), *(["prune"] if gp else []),
+            *({"P": ["precode"], "C": ["cvb"]}.get(pm, []))]
+
+
+def label(do: bool, dp: bool, gp: bool, pm: str) -> str:
+    parts = [n for n, on in (("DO", do), ("DP", dp), ("GP", gp)) if on] + ([{"P": "PRECODE", "C": "CVB"}[pm]]
+                                                                          if pm != "-" else [])
+    return "+".join(parts) or "none"
+
+
+def victims(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    ds = load_dataset("mnist", split="test")
+    x, y = ds.tensors(list(range(args.victims)), size=32)
+    return x, y, ds
+
+
+def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: str, iterations: int
+               ) -> dict[str, Any]:
+    x, y, ds = victims(args)
+    torch.manual_seed(0)
+    model = create_model("cnn", in_channels=1)
+    options = {**ATTACK, "restarts": args.restarts, "iterations": iterations}
+    started = time.perf_counter()
+    result = simulate_and_attack(model, x, y, recipe="fedsgd", attack=attack, attack_options=options,
+                                 defenses=defenses, threat=threat, victims="each", mean=ds.mean, std=ds.std,
+                                 generator=torch.Generator().manual_seed(1))
+    ssim = np.asarray(result.metrics["ssim_per_image"])
+    return {"attack": attack, "defenses": defenses, "threat": threat, "config": options, "victims": len(ssim),
+            "ssim_mean": float(ssim.mean()), "ssim_std": float(ssim.std(ddof=1)), "asr": float((ssim > 0.5).mean()),
+            "ssim_per_image": ssim.tolist(), "seconds": time.perf_counter() - started}
+
+
+def run_single(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for table, attack, defenses, threat in SINGLE:
+        row = {"table": table, **attack_row(args, attack, defenses, threat, args.iterations)}
+        rows.append(row)
+        print(f"[single] {table:<11} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
+              f"ASR {row['asr']:.0%}  {row['seconds']:.0f}s", flush=True)
+    return rows
+
+
+def run_long(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    k, n = (int(v) for v in args.long_part.split("/"))
+    for table, attack, defenses, threat in LONG[k * len(LONG) // n:(k + 1) * len(LONG) // n]:
+        row = {"table": table, **attack_row(args, attack, defenses, threat, args.long_iterations)}
+        rows.append(row)
+        print(f"[long] {table:<13} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
+              f"ASR {row['asr']:.0%}  {row['seconds']:.0f}s", flush=True)
+    return rows
+
+
+def run_ablation(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    k, n = (int(v) for v in args.ablation_part.split("/"))
+    todo = combinations()
+    for combo in todo[k * len(todo) // n:(k + 1) * len(todo) // n]:
+        row = {"combination": label(*combo),
+               **attack_row(args, "cdia", defenses_of(*combo), "honest", args.ablation_iterations)}
+        rows.append(row)
+        print(f"[ablation] {row['combination']:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
+              f"ASR {row['asr']:.0%}  {row['seconds']:.0f}s", flush=True)
+    return rows
+
+
+def small_federation(args: argparse.Namespace, scenario: Any) -> Federation:
+    """The preset's federation with every client's data cut to ``--clients-images`` and the test set to
+    ``--test-images`` (CPU budget)."""
+    fed = scenario.build()
+    clients = [dataclasses.replace(c, train=LocalData(c.train.x[:args.clients_images], c.train.y[:args.clients_images]))
+               for c in fed.clients]
+    test = LocalData(fed.test.x[:args.test_images], fed.test.y[:args.test_images])
+    return dataclasses.replace(fed, clients=clients, test=test)
+
+
+def run_utility(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    base = SCENARIOS.create("combined-defenses", rounds=args.rounds, seed=0)
+    fed = small_federation(args, base)
+    for combo in combinations():
+        scenario = base.replace(defenses=tuple(defenses_of(*combo)))
+        started = time.perf_counter()
+        result = scenario.simulation(federation=fed).run()
+        accuracy = [m.test_accuracy for m in result.history]
+        rows.append({"combination": label(*combo), "test_accuracy": accuracy[-1], "per_round": accuracy,
+                     "rounds": args.rounds, "clients_images": args.clients_images, "test_images": len(fed.test),
+                     "seconds": time.perf_counter() - started})
+        print(f"[utility] {label(*combo):<20} test accuracy {accuracy[-1]:.2%} after {args.rounds} rounds  "
+              f"{rows[-1]['seconds']:.0f}s", flush=True)
+    return rows
+
+
+def tables(results: dict[str, Any]) -> str:
+    out = []
+    if "single" in results:
+        out.append("Tables 1-3 (+DIA): attack on single defenses, MNIST cnn b1, "
+                   f"{results['single'][0]['victims']} victims, {results['single'][0]['config']['iterations']} it")
+        out.append(f"{'table':<11} {'defenses':<14} {'attack':<28} {'SSIM':>12} {'ASR':>6}")
+        for r in results["single"]:
+            d = "+".join(x if isinstance(x, str) else f"{x['name']} {x['options']['rate']}" for x in r["defenses"])
+            out.append(f"{r['table']:<11} {d or '-':<14} {r['attack']:<28} "
+                       f"{r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} {r['asr']:>6.0%}")
+        for r in results.get("ablation", []):
+            if r["combination"] in FROM_ABLATION:
+                table, name = FROM_ABLATION[r["combination"]]
+                out.append(f"{table:<11} {r['combination'].lower():<14} {name:<28} "
+                           f"{r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} {r['asr']:>6.0%}")
+    if "ablation" in results:
+        util = {r["combination"]: r for r in results.get("utility", [])}
+        first = results["ablation"][0]
+        out.append("")
+        out.append(f"Table 4: cdia on defense combinations, {first['victims']} victims, "
+                   f"{first['config']['iterations']} it" + (f"; accuracy after {next(iter(util.values()))['rounds']} "
+                                                            "rounds (reduced federation)" if util else ""))
+        out.append(f"{'DO':>3} {'DP':>3} {'GP':>3} {'PM':>3} {'SSIM':>12} {'ASR':>6} {'accuracy':>9}")
+        for r in results["ablation"]:
+            parts = r["combination"].split("+")
+            pm = "P" if "PRECODE" in parts else "C" if "CVB" in parts else "-"
+            flags = ["x" if n in parts else "." for n in ("DO", "DP", "GP")]
+            acc = util.get(r["combination"], {}).get("test_accuracy")
+            out.append(f"{flags[0]:>3} {flags[1]:>3} {flags[2]:>3} {pm:>3} {r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} "
+                       f"{r['asr']:>6.0%} {'' if acc is None else f'{acc:.2%}':>9}")
+    if "long" in results:
+        out.append("")
+        out.append(f"Acceptance comparisons at {results['long'][0]['config']['iterations']} iterations "
+                   f"({results['long'][0]['victims']} victims)")
+        for r in results["long"]:
+            d = "+".join(x if isinstance(x, str) else f"{x['name']} {x['options']['rate']}" for x in r["defenses"])
+            out.append(f"{r['table']:<13} {d:<16} {r['attack']:<20} {r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} "
+                       f"{r['asr']:>6.0%}")
+    if "utility" in results and "ablation" not in results:
+        out.append("")
+        out.extend(f"{r['combination']:<20} {r['test_accuracy']:.2%}" for r in results["utility"])
+    return "\n".join(out)
+
+
+SECTIONS = {"single": run_single, "ablation": run_ablation, "utility": run_utility, "long": run_long}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--victims", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--ablation-iterations", type=int, default=100)
+    parser.add_argument("--restarts", type=int, default=1)
+    parser.add_argument("--long-iterations", type=int, default=300)
+    parser.add_argument("--long-part", default="0/1", help="k/n: run the k-th of n equal slices of the long rows")
+    parser.add_argument("--ablation-part", default="0/1", help="k/n: run the k-th of n equal slices of Table 4")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients-images", type=int, default=300)
+    parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--merge", nargs="*", default=None, help="tags of saved parts to merge and print")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.merge is not None:
+        merged: dict[str, Any] = {"parts": args.merge}
+        for tag in args.merge:
+            part = json.loads((RESULTS / f"fidelity_targeted_cpu_{tag}.json").read_text())
+            for k, v in part.items():
+                if k in SECTIONS and k in merged:
+                    merged[k] = merged[k] + v  # ablation slices, in the order given
+                elif k not in merged:
+                    merged[k] = v
+        path = RESULTS / "fidelity_targeted_cpu.json"
+        path.write_text(json.dumps(merged, indent=2, default=str))
+        print(tables(merged))
+        print(f"wrote {path}")
+        return
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("merge",)},
+                               "attack": ATTACK, "torch": torch.__version__, "platform": platform.platform(),
+                               "load_average_start": os.getloadavg()}
+    started = time.perf_counter()
+    for name in args.only:
+        results[name] = SECTIONS[name](args)
+    results["seconds"] = time.perf_counter() - started
+    path = RESULTS / f"fidelity_targeted_cpu{('_' + args.tag) if args.tag else ''}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(tables(results))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

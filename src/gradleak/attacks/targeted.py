@@ -1,0 +1,296 @@
+"""Targeted attacks on stochastic and sparsifying defenses: WIIG, DIA, PIG, GPIA, VBIA, DPIA and CDIA.
+
+References
+----------
+Scheliga, Mäder, Seeland. "Combining Stochastic Defenses to Resist Gradient Inversion: An Ablation Study",
+2024 (Section 4, Algorithm 2): an attacker that *mimics the client's gradient computation* defeats each
+single defense. Scheliga, Mäder, Seeland. "Dropout is NOT All You Need to Prevent Gradient Leakage", AAAI 2023
+(DIA and the well-informed attack). Scheliga, Mäder, Seeland. "Privacy Preserving Federated Learning with
+Convolutional Variational Bottlenecks", 2024b (the "ignore" attack, here PIG).
+
+Every attack here is :class:`~gradleak.attacks.inverting_gradients.InvertingGradients` (same loop, objective,
+priors and defaults) plus a :class:`~gradleak.attacks.replay.Targeting` of the replay:
+
+- ``wiig``: the client's true randomness (``view.extra["noise"]``, threat ``"well-informed"``) is injected.
+- ``dia``: the dropout masks are optimised with the images, initialised Bernoulli(1 - p), clipped to [0, 1],
+  with the mask-rate regulariser ``mask_reg · |mean(ψ) - (1 - p)|`` per dropout layer.
+- ``pig``: the gradients of the stochastic layers (the variational bottleneck's parameters) are left out.
+- ``gpia``: the client's pruning mask, the non-zeros of the received update, multiplies the dummy update;
+  the replay does not prune by the dummy's own magnitudes. Exact for one local step (with several steps,
+  the received zeros are those of the last step's pruning combined with the earlier updates).
+- ``vbia``: the bottleneck's reparameterisation ε (PRECODE/CVB) is optimised, initialised N(0, I).
+- ``dpia``: a dummy DP noise ``σC · ξ`` is optimised, ξ initialised N(0, I) and regularised towards mean 0
+  and standard deviation 1 (the DP noise's mean 0 and scale σC): ``dp_reg · Σ (mean ξ)² + (std ξ - 1)²``.
+- ``cdia``: all that apply, chosen from ``view.defenses`` (Algorithm 2): DIA for dropout, GPIA for pruning
+  (``prune`` or ``prune-update``), VBIA for PRECODE/CVB; DP is not targeted (the paper's CDIA "corresponds
+  to IG for DP"): its noise is replaced by its mean, 0. With no defense it is plain inverting-gradients.
+
+Noise leaves are discovered by replaying once on a blank batch and reading the keys the client's modules
+draw (:mod:`gradleak.fl.noise`): ``"dropout@0"``, ``"precode@0"``, ``"cvb@0"``, ``"dp-sgd/<param>@0"``...
+They take learning-rate steps ``noise_lr`` times the images'.
+
+Examples
+--------
+>>> from gradleak.audit import simulate_and_attack                       # doctest: +SKIP
+>>> result = simulate_and_attack(model, x, y, recipe="fedsgd", attack="cdia",    # doctest: +SKIP
+...     defenses=["dropout", "prune", "cvb"], victims="each")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from gradleak.attacks.base import ATTACKS, AttackError
+from gradleak.attacks.inverting_gradients import InvertingGradients
+from gradleak.attacks.replay import Targeting
+from gradleak.defenses.modules import CVB, PRECODE, DropoutDefense, _Bottleneck
+from gradleak.defenses.step import DPSGD, StepPrune
+from gradleak.defenses.update import PruneUpdate
+from gradleak.fl.local import LocalData, local_update
+from gradleak.fl.recipe import LocalRecipe
+from gradleak.records import ServerView
+
+__all__ = ["CDIA", "DIA", "DPIA", "GPIA", "PIG", "VBIA", "WIIG", "TargetedAttack", "noise_shapes"]
+
+TensorDict = dict[str, Tensor]
+COMPONENTS = ("dropout", "bottleneck", "pruning", "dp-noise", "dp-mean", "true-noise", "ignore")
+
+
+def noise_shapes(model: nn.Module, view: ServerView, recipe: LocalRecipe, n: int) -> dict[str, torch.Size]:
+    """Keys and shapes of the noise the client's modules draw in ``recipe`` (a replay on a blank batch)."""
+    state = view.global_state
+    like = next(iter(state.params.values()))
+    x = torch.zeros(n, *view.image_shape, dtype=like.dtype, device=like.device)
+    y = torch.zeros(n, dtype=torch.long, device=like.device)
+    with torch.no_grad():
+        out = local_update(model, state.params, state.buffers, LocalData(x, y), recipe,
+                           generator=torch.Generator().manual_seed(0))
+    return {k: v.shape for k, v in out.noise.items()}
+
+
+def _base(key: str) -> str:
+    return key.rsplit("@", 1)[0]
+
+
+@dataclass(frozen=True)
+class TargetedAttack(InvertingGradients):
+    """Inverting gradients with a targeted replay (see the module docstring); subclasses pick components.
+
+    Parameters (besides inverting-gradients')
+    ----------
+    noise_lr
+        Learning-rate factor of the optimised noise (masks, ε, ξ) relative to the images'.
+    mask_reg
+        Weight of DIA's mask-rate regulariser.
+    dp_reg
+        Weight of DPIA's regulariser of the dummy noise towards mean 0 and scale σC.
+    """
+
+    name: ClassVar[str] = ""
+    noise_lr: float = 0.3
+    mask_reg: float = 0.1
+    dp_reg: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.noise_lr > 0 or self.mask_reg < 0 or self.dp_reg < 0:
+            raise AttackError("noise_lr must be > 0, mask_reg and dp_reg >= 0")
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        """The parts of the replay this attack targets for ``view`` (subclasses)."""
+        return frozenset()
+
+    def targeting(self, views: Sequence[ServerView], model: nn.Module, recipe: LocalRecipe, n: int) -> Targeting:
+        parts = self.components(views[0])
+        if any(self.components(v) != parts for v in views[1:]):
+            raise AttackError("views attacked together must use the same defenses")
+        if not parts:
+            return Targeting()
+        if "pruning" in parts:  # GPIA: the client's mask replaces pruning by the dummy's own magnitudes
+            recipe = recipe.replace(step_transforms=tuple(t for t in recipe.step_transforms
+                                                          if not isinstance(t, StepPrune)))
+        shapes = noise_shapes(model, views[0], recipe, n)
+        leaves, scales, lr_scale, regs = {}, {}, {}, []
+        fixed: list[dict[str, Tensor]] = [{} for _ in views]
+        masks: list[dict[str, Tensor]] = []
+        ignore: frozenset[str] = frozenset()
+        modules = dict(model.named_modules())
+        drop_rate = {name: m.p for name, m in modules.items() if isinstance(m, nn.Dropout) and m.p > 0}
+        vb_names = {m.noise_name for m in modules.values() if isinstance(m, _Bottleneck)}
+        dp_keys = [k for k in shapes if _base(k).startswith("dp-sgd/")]
+
+        if "true-noise" in parts:
+            for i, v in enumerate(views):
+                given = v.extra.get("noise")
+                if not isinstance(given, dict):
+                    raise AttackError("wiig needs the client's noise in view.extra['noise'] (threat 'well-informed')")
+                missing = set(shapes) - set(given)
+                if missing:
+                    raise AttackError(f"view.extra['noise'] lacks {sorted(missing)}")
+                fixed[i] = {k: given[k] for k in shapes}
+        if "dropout" in parts:
+            keys = [k for k in shapes if _base(k) in drop_rate]
+            if not keys:
+                raise AttackError("dia targets dropout and the model has no active nn.Dropout")
+            keep = {k: 1.0 - drop_rate[_base(k)] for k in keys}
+            for k in keys:
+                leaves[k] = _bernoulli(shapes[k], keep[k])
+                lr_scale[k] = self.noise_lr
+            regs.append(lambda z, keep=keep: self.mask_reg * sum((z[k].mean() - p).abs() for k, p in keep.items()))
+        if "bottleneck" in parts:
+            keys = [k for k in shapes if _base(k) in vb_names]
+            if not keys:
+                raise AttackError("vbia targets a variational bottleneck (precode/cvb) and the model has none")
+            for k in keys:
+                leaves[k] = _normal(shapes[k])
+                lr_scale[k] = self.noise_lr
+        if "dp-noise" in parts or "dp-mean" in parts:
+            dp = [d for d in views[0].defenses if isinstance(d, DPSGD)]
+            if not dp or not dp_keys:
+                raise AttackError("dpia targets dp-sgd and the view lists none (or its replay draws no DP noise)")
+            if "dp-noise" in parts:
+                std = dp[0].noise_multiplier * dp[0].clip
+                for k in dp_keys:
+                    leaves[k] = _normal(shapes[k])
+                    scales[k] = std
+                    lr_scale[k] = self.noise_lr
+                regs.append(lambda z, keys=tuple(dp_keys): self.dp_reg * sum(
+                    z[k].mean().pow(2) + (z[k].std(correction=0) - 1.0).pow(2) for k in keys))
+            else:
+                for f in fixed:
+                    f.update({k: torch.zeros(shapes[k]) for k in dp_keys})
+        if "pruning" in parts:
+            masks = [{k: (d != 0).to(d.dtype) for k, d in v.update.delta.items()} for v in views]
+        if "ignore" in parts:
+            ignore = frozenset(k for k, _ in model.named_parameters()
+                               if any(k.startswith(f"{name}.") for name, m in modules.items()
+                                      if isinstance(m, _Bottleneck)))
+            if not ignore:
+                raise AttackError("pig ignores the variational bottleneck's gradients and the model has none")
+
+        def inject(z: TensorDict) -> TensorDict:
+            return {k: v * scales[k] if k in scales else v for k, v in z.items()}
+
+        def regularizer(z: TensorDict) -> Tensor:
+            return sum(r(z) for r in regs)  # type: ignore[return-value]
+
+        mask_keys = [k for k in leaves if _base(k) in drop_rate]
+
+        def project(z: TensorDict) -> TensorDict:
+            return {k: v.clamp(0.0, 1.0) if k in mask_keys else v for k, v in z.items()}
+
+        return Targeting(leaves=leaves, inject=inject, fixed=fixed if any(fixed) else (), masks=masks,
+                         ignore=ignore, regularizer=regularizer if regs else None,
+                         project=project if mask_keys else None, lr_scale=lr_scale, recipe=recipe)
+
+
+def _bernoulli(shape: torch.Size, keep: float):
+    def sample(g: torch.Generator, restarts: int) -> Tensor:
+        return torch.bernoulli(torch.full((restarts, *shape), keep), generator=g)
+
+    return sample
+
+
+def _normal(shape: torch.Size):
+    def sample(g: torch.Generator, restarts: int) -> Tensor:
+        return torch.randn((restarts, *shape), generator=g)
+
+    return sample
+
+
+@ATTACKS.register("wiig")
+@dataclass(frozen=True)
+class WIIG(TargetedAttack):
+    """Well-Informed Inverting Gradients (Scheliga et al. 2023, 2024 Sec. 4.1): the replay uses the client's
+    true dropout masks, bottleneck ε and DP noise from ``view.extra["noise"]`` (threat ``"well-informed"``)."""
+
+    name: ClassVar[str] = "wiig"
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        return frozenset({"true-noise"})
+
+
+@ATTACKS.register("dia")
+@dataclass(frozen=True)
+class DIA(TargetedAttack):
+    """Dropout Inversion Attack (Scheliga et al. 2023): dropout masks optimised jointly with the images."""
+
+    name: ClassVar[str] = "dia"
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        return frozenset({"dropout"})
+
+
+@ATTACKS.register("pig")
+@dataclass(frozen=True)
+class PIG(TargetedAttack):
+    """Partial Inverting Gradients, the "ignore" attack (Scheliga et al. 2024b): the variational bottleneck's
+    gradients are left out of the gradient distance."""
+
+    name: ClassVar[str] = "pig"
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        return frozenset({"ignore"})
+
+
+@ATTACKS.register("gpia")
+@dataclass(frozen=True)
+class GPIA(TargetedAttack):
+    """Gradient Pruning Inversion Attack (Scheliga et al. 2024, Sec. 4.2, Eq. 2): the client's pruning mask,
+    read from the zeros of the received update, is applied to the dummy update."""
+
+    name: ClassVar[str] = "gpia"
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        return frozenset({"pruning"})
+
+
+@ATTACKS.register("vbia")
+@dataclass(frozen=True)
+class VBIA(TargetedAttack):
+    """Variational Bottleneck Inversion Attack (Scheliga et al. 2024, Sec. 4.3): PRECODE's/CVB's
+    reparameterisation ε optimised jointly with the images."""
+
+    name: ClassVar[str] = "vbia"
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        return frozenset({"bottleneck"})
+
+
+@ATTACKS.register("dpia")
+@dataclass(frozen=True)
+class DPIA(TargetedAttack):
+    """Differential Privacy Inversion Attack (Scheliga et al. 2024, Sec. 4.1): a dummy DP noise optimised
+    jointly with the images, regularised towards the DP noise's mean 0 and scale σC."""
+
+    name: ClassVar[str] = "dpia"
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        return frozenset({"dp-noise"})
+
+
+@ATTACKS.register("cdia")
+@dataclass(frozen=True)
+class CDIA(TargetedAttack):
+    """Combined Defenses Inversion Attack (Scheliga et al. 2024, Sec. 4.4, Algorithm 2): every targeted
+    component that applies to the defenses listed in ``view.defenses``; plain IG with none."""
+
+    name: ClassVar[str] = "cdia"
+
+    def components(self, view: ServerView) -> frozenset[str]:
+        parts = set()
+        for d in view.defenses:
+            if isinstance(d, DropoutDefense) and d.rate > 0:
+                parts.add("dropout")
+            elif isinstance(d, PRECODE | CVB):
+                parts.add("bottleneck")
+            elif isinstance(d, StepPrune | PruneUpdate):
+                parts.add("pruning")
+            elif isinstance(d, DPSGD):
+                parts.add("dp-mean")
+        return frozenset(parts)
