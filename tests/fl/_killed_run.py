@@ -21,6 +21,10 @@ class KillAfter(FederationHook):
 
 if __name__ == "__main__":
     store_dir, after = sys.argv[1], int(sys.argv[2])
+    if len(sys.argv) > 3:  # the parent's thread count: float reductions, hence bits, depend on it
+        import torch
+
+        torch.set_num_threads(int(sys.argv[3]))
     clients, test = make_clients()
     FedAvgSimulation(tiny_bn_net, clients, rounds=4, seed=7, test=test).run(
         hooks=[Recorder(UpdateStore(store_dir)), KillAfter(after)])

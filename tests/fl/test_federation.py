@@ -131,7 +131,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path) -> None:
 
     root = Path(__file__).resolve().parents[2]
     store_dir = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-m", "tests.fl._killed_run", str(store_dir), "1"], cwd=root,
+    proc = subprocess.run([sys.executable, "-m", "tests.fl._killed_run", str(store_dir), "1",
+                           str(torch.get_num_threads())], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     store = UpdateStore(store_dir)

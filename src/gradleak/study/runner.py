@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gradleak.errors import GradleakError
 from gradleak.fl.federation import FederationHook
 from gradleak.fl.safefile import atomic_write_bytes
@@ -215,7 +217,11 @@ def run_study(config: StudyConfig, *, out: Path | None = None, executor: Executo
             bar.update(attack_task, advance=1, description=f"attacks (last: {unit.attack.name} client {unit.client} "
                                                            f"round {unit.round}: SSIM {text})")
 
-        executor.run(config, out, fl_todo, attack_todo, fl_done, attack_done,
-                     round_hook=_RoundBar(bar, rounds_task))
+        threads = torch.get_num_threads()  # units set config.threads; the caller's setting comes back after
+        try:
+            executor.run(config, out, fl_todo, attack_todo, fl_done, attack_done,
+                         round_hook=_RoundBar(bar, rounds_task))
+        finally:
+            torch.set_num_threads(threads)
     paths = write_tables(plan, out)
     return StudyResult(out, *paths, ran=len(fl_todo) + len(attack_todo), skipped=skipped)
