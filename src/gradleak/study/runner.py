@@ -19,6 +19,7 @@ Examples
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +55,13 @@ class StudyResult:
     skipped: int
 
 
-class Executor:
+class Executor(ABC):
     """Runs units; ``run(config, out, fl_units, attack_units, fl_done, attack_done)``."""
 
+    @abstractmethod
     def run(self, config: StudyConfig, out: Path, fl_units: Sequence[FLUnit], attack_units: Sequence[AttackUnit],
             fl_done: Done, attack_done: Done, round_hook: FederationHook | None = None) -> None:
-        raise NotImplementedError
+        """Run every unit, calling ``fl_done``/``attack_done`` with each finished unit's record."""
 
 
 EXECUTORS: Registry[Executor] = Registry("executor")
