@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import platform
 import time
@@ -59,7 +60,8 @@ def _timed(fn, repeats: int, device: torch.device, warm: bool = True) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def bench(name: str, batch: int, trials: int, iterations: int, device: torch.device, heavy: bool = False) -> dict:
+def bench(name: str, batch: int, trials: int, iterations: int, device: torch.device, heavy: bool = False,
+          blocks: int = 5) -> dict:
     """One configuration; ``heavy`` skips the warm-up runs (minutes per iteration on a CPU)."""
     channels, options = MODELS[name]
     torch.manual_seed(0)
@@ -81,18 +83,27 @@ def bench(name: str, batch: int, trials: int, iterations: int, device: torch.dev
         minimize(problem.objective, start, iterations=k, optimizer=attack.optimizer_config(),
                  project=problem.project, trace_every=10, value_and_grad=problem.value_and_grad)
 
-    # minimize ends with one more objective evaluation; time it alone (0 iterations) and subtract it
-    warm = heavy is False
-    per_iteration = (_timed(lambda: attack_run(iterations), 1, device, warm)
-                     - _timed(lambda: attack_run(0), 1, device, warm)) / iterations
-
     module = create_model(name, **options).to(device).train()
 
     def plain_step() -> None:
         module.zero_grad(set_to_none=True)
         F.cross_entropy(module(x), y).backward()
 
-    step = _timed(plain_step, max(3, iterations), device)
+    # Interleaved blocks, medians: a block times `iterations` attack iterations (minimize ends with one more
+    # objective evaluation, timed alone with 0 iterations and subtracted), then as many plain steps; the ratio is
+    # taken within each block, so a load change between blocks does not bias it (one long block each did).
+    warm = heavy is False
+    if warm:
+        attack_run(1)
+        plain_step()
+    per_iteration_blocks, step_blocks = [], []
+    for _ in range(blocks):
+        per_iteration_blocks.append((_timed(lambda: attack_run(iterations), 1, device, False)
+                                     - _timed(lambda: attack_run(0), 1, device, False)) / iterations)
+        step_blocks.append(_timed(plain_step, max(3, iterations), device, False))
+    per_iteration = statistics.median(per_iteration_blocks)
+    step = statistics.median(step_blocks)
+    ratio = statistics.median(a / b for a, b in zip(per_iteration_blocks, step_blocks, strict=True)) / trials
     peak = _peak_rss_gib()
     xs, ys = x.repeat(trials, 1, 1, 1), y.repeat(trials)
 
@@ -104,7 +115,8 @@ def bench(name: str, batch: int, trials: int, iterations: int, device: torch.dev
     return {"model": name, "batch": batch, "trials": trials, "iterations_timed": iterations,
             "seconds_per_iteration": per_iteration, "iterations_per_second": 1.0 / per_iteration,
             "trial_iterations_per_second": trials / per_iteration, "plain_step_seconds": step,
-            "ratio_to_plain_steps": per_iteration / (trials * step), "plain_stacked_step_seconds": stacked,
+            "ratio_to_plain_steps": ratio, "blocks": blocks, "seconds_per_iteration_blocks": per_iteration_blocks,
+            "plain_step_seconds_blocks": step_blocks, "plain_stacked_step_seconds": stacked,
             "ratio_to_stacked_plain_step": per_iteration / stacked, "peak_rss_gib_so_far": peak}
 
 
@@ -137,7 +149,7 @@ def main() -> None:
                 if heavy and work > 8 * 32 * 60 / 2 and not args.full:
                     print(f"{name:<9} batch {batch} trials {trials:>2}: skipped on this CPU (pass --full)")
                     continue
-                row = bench(name, batch, trials, iterations, device, heavy)
+                row = bench(name, batch, trials, iterations, device, heavy, blocks=3 if heavy else 5)
                 rows.append(row)
                 print(f"{name:<9} batch {batch} trials {trials:>2}: {row['iterations_per_second']:8.2f} it/s "
                       f"({row['trial_iterations_per_second']:8.1f} trial-it/s), plain step "

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
+from torch.utils._pytree import tree_map
 
 from gradleak.attacks.base import Attack, AttackError
 from gradleak.attacks.init import INITIALIZERS, initialize
@@ -53,7 +54,7 @@ from gradleak.attacks.priors import (
 )
 from gradleak.data.transforms import denormalize, normalize
 from gradleak.fl.local import LocalData, local_update
-from gradleak.fl.recipe import LocalRecipe
+from gradleak.fl.recipe import LocalRecipe, batch_schedule
 from gradleak.records import Reconstruction, ServerView, Trial
 
 __all__ = ["ReplayAttack", "Targeting"]
@@ -332,7 +333,13 @@ class ReplayAttack(Attack):
         objective_fn = OBJECTIVES[self.objective]
         params, pdim = _share_or_stack([v.global_state.params for v in views])
         buffers, bdim = _share_or_stack([v.global_state.buffers for v in views])
-        targets = {k: torch.stack([v.update.delta[k].to(device) * scale for v in views]) for k in keys}
+        # one plain SGD step: delta / lr is minus the step's gradient, which the replay hands back; matching the
+        # gradient to -delta/lr (every objective is invariant under negating both sides) saves the out-of-place
+        # SGD step and its derivative on every parameter
+        sgd_step = (len(batch_schedule(n, recipe)) == 1 and recipe.optimizer == "sgd" and not recipe.momentum
+                    and not recipe.weight_decay and recipe.lr_at(0, 1) == recipe.lr)
+        sign = -1.0 if sgd_step else 1.0
+        targets = {k: torch.stack([v.update.delta[k].to(device) * (sign * scale) for v in views]) for k in keys}
         received: TensorDict = {}
         if self.bn_buffers:
             names = [k for k in view0.global_state.buffers if k.endswith(("running_mean", "running_var"))]
@@ -350,7 +357,11 @@ class ReplayAttack(Attack):
             injected = {**fx, **tg.inject(z)} if (z or fx) else None
             out = local_update(model, p, b, LocalData(x, y.softmax(-1) if joint else y), recipe, noise=injected,
                                create_graph=True)
-            dummy = {k: (out.params[k] - p[k]) * scale for k in t}
+            if sgd_step:
+                step_grads = out.per_step[0].grads
+                dummy = {k: step_grads[k] for k in t}  # type: ignore[index]
+            else:
+                dummy = {k: (out.params[k] - p[k]) * scale for k in t}
             if mk:
                 dummy = {k: d * mk[k] if k in mk else d for k, d in dummy.items()}
             loss = objective_fn(dummy, t, weights)
@@ -368,17 +379,45 @@ class ReplayAttack(Attack):
 
         inner_dims = (0, 0 if joint else None, 0, None, None, None, None, None, None)
         outer_dims = (0, 0, 0, pdim, bdim, 0, 0 if received else None, 0 if fixed else None, 0 if masks else None)
-        # randomness="different": stochastic layers (dropout, variational bottlenecks) the attacker does not know
-        # the client's noise of draw fresh noise per trial, as the client did
-        outer = vmap(vmap(single, in_dims=inner_dims, randomness="different"), in_dims=outer_dims,
-                     randomness="different")
+
+        def first(d: TensorDict, dim: int | None) -> TensorDict:
+            return {k: v[0] for k, v in d.items()} if dim == 0 else d
+
+        def batched(fn: Callable) -> Callable:
+            """``fn`` over the victims × restarts grid: vmap over victims of vmap over restarts, leaving out an
+            axis of length 1 (vmap's batching rules cost ~30% of an iteration on a CPU even over one trial;
+            benchmarks/results/vs_breaching_profile.md). Outputs get leading ``(V, R)`` dimensions."""
+            # randomness="different": stochastic layers (dropout, variational bottlenecks) the attacker does not
+            # know the client's noise of draw fresh noise per trial, as the client did
+            inner = fn if R == 1 else vmap(fn, in_dims=inner_dims, randomness="different")
+            both = inner if V == 1 else vmap(inner, in_dims=outer_dims, randomness="different")
+
+            def call(x: Tensor, y: Tensor, z: TensorDict, p: TensorDict, b: TensorDict, t: TensorDict,
+                     recv: TensorDict, fx: TensorDict, mk: TensorDict):
+                if R == 1:
+                    x, z = x[:, 0], {k: v[:, 0] for k, v in z.items()}
+                    y = y[:, 0] if joint else y
+                if V == 1:
+                    x, y, z = x[0], y[0], {k: v[0] for k, v in z.items()}
+                    p, b, t, recv, fx, mk = (first(p, pdim), first(b, bdim), first(t, 0), first(recv, 0),
+                                             first(fx, 0), first(mk, 0))
+                out = both(x, y, z, p, b, t, recv, fx, mk)
+                if V == 1:
+                    out = tree_map(lambda a: a.unsqueeze(0), out)
+                if R == 1:
+                    out = tree_map(lambda a: a.unsqueeze(1), out)
+                return out
+            return call
+
+        outer = batched(single)
         # per-trial gradients as vmap(grad(...)): differentiating *through* vmap with torch.autograd (or
         # torch.func.grad) gives wrong input gradients when the replay contains native BatchNorm (PyTorch
-        # 2.14; tests/attacks/test_attacks.py::test_attack_gradient_matches_finite_differences)
+        # 2.14; tests/attacks/test_attacks.py::test_attack_gradient_matches_finite_differences). Without
+        # BatchNorm, or with one trial (no vmap), torch.autograd through the objective is exact and cheaper.
         argnums = (0, *((1,) if joint else ()), *((2,) if leaf_names else ()))
-        single_vg = grad_and_value(single, argnums=argnums if len(argnums) > 1 else 0)
-        outer_vg = vmap(vmap(single_vg, in_dims=inner_dims, randomness="different"), in_dims=outer_dims,
-                        randomness="different")
+        outer_vg = batched(grad_and_value(single, argnums=argnums if len(argnums) > 1 else 0))
+        plain_autograd = V * R == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                               for m in model.modules())
 
         def group_term(x: Tensor) -> Tensor:
             return self.group * vmap(group_consistency)(x)
@@ -386,18 +425,29 @@ class ReplayAttack(Attack):
         def leaves_of(values: TensorDict) -> TensorDict:
             return {k: values[LEAF + k].reshape(V, R, *values[LEAF + k].shape[1:]) for k in leaf_names}
 
-        def objective(values: TensorDict) -> Tensor:
+        def arguments(values: TensorDict) -> tuple:
             x = values["x"].reshape(shape)
             y = values["y"].reshape(V, R, n, K) if joint else labels
-            loss = outer(x, y, leaves_of(values), params, buffers, targets, received, fixed, masks)
+            return x, y, leaves_of(values), params, buffers, targets, received, fixed, masks
+
+        def objective(values: TensorDict) -> Tensor:
+            loss = outer(*arguments(values))
             if self.group and R > 1:
-                loss = loss + group_term(x)
+                loss = loss + group_term(values["x"].reshape(shape))
             return loss.reshape(V * R)
 
         def value_and_grad(values: TensorDict) -> tuple[Tensor, TensorDict]:
+            if plain_autograd:
+                leaves = {k: v.detach().requires_grad_(True) for k, v in values.items()}
+                with torch.enable_grad():
+                    loss = outer(*arguments(leaves)).reshape(V * R)
+                    if self.group and R > 1:
+                        loss = loss + group_term(leaves["x"].reshape(shape)).reshape(V * R)
+                    found = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True,
+                                                materialize_grads=True)
+                return loss.detach(), dict(zip(leaves, found, strict=True))
             x = values["x"].reshape(shape)
-            y = values["y"].reshape(V, R, n, K) if joint else labels
-            grads, loss = outer_vg(x, y, leaves_of(values), params, buffers, targets, received, fixed, masks)
+            grads, loss = outer_vg(*arguments(values))
             grads = grads if len(argnums) > 1 else (grads,)
             out = {"x": grads[0].reshape(values["x"].shape)}
             if joint:
