@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from gradleak.attacks.base import AttackError
 from gradleak.attacks.labels import classifier_gradient, idlg_label, infer_labels, wainakh_labels, yin_labels
 from gradleak.data import load_dataset
+from gradleak.defenses.modules import PRECODE
 from gradleak.fl import LocalRecipe
 from gradleak.models import create_model
 
@@ -45,6 +48,25 @@ def test_idlg_recovers_every_single_label(setup) -> None:
         hits.append(int(idlg_label(classifier_gradient(view))[0]) == int(y[0]))
         assert infer_labels("idlg", view, 1).tolist() == y.tolist() == infer_labels("auto", view, 1).tolist()
     assert all(hits) and len(set(ds.labels[:10].tolist())) > 5
+
+
+def test_idlg_reads_the_bias_behind_a_bottleneck_with_signed_features(setup) -> None:
+    # PRECODE's linear decoder feeds the classifier features of both signs: the weight-row rule fails on most
+    # images; the bias's gradient p - y is negative at the label alone
+    ds = setup[0]
+    torch.manual_seed(0)
+    model = PRECODE().apply(create_model("cnn", in_channels=1))
+    factory = Factory(model)
+    rows, labels = [], []
+    for i in range(10):
+        x, y = ds.tensors([i], size=32)
+        view = client_view(model, x, y, FEDSGD.replace(batch_size=1), mean=ds.mean, std=ds.std, factory=factory)
+        rows.append(int(idlg_label(classifier_gradient(view))[0]) == int(y[0]))
+        labels.append(infer_labels("idlg", view, 1).tolist() == y.tolist())
+        without_bias = dataclasses.replace(view, updates=(dataclasses.replace(view.update, delta={
+            k: v for k, v in view.update.delta.items() if k != "classifier.linear.bias"}),))
+        assert infer_labels("idlg", without_bias, 1).tolist() == idlg_label(classifier_gradient(view)).tolist()
+    assert all(labels) and sum(rows) < 8, rows
 
 
 def test_distinct_labels_of_batches_of_eight(setup) -> None:

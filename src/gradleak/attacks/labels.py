@@ -7,7 +7,9 @@ average pool of either) the rows of the classes present in the batch are pushed 
 invariant to a positive scale, so the learning rate need not be known).
 
 - ``"known"`` — the view's labels (a threat model that grants them).
-- ``"idlg"`` — Zhao et al. 2020 (iDLG), one image: the row of the weight gradient whose sum is negative.
+- ``"idlg"`` — Zhao et al. 2020 (iDLG), one image: the row of the weight gradient whose sum is negative. When
+  the classifier's bias is sent, its gradient ``p - y`` is read instead: negative at the label alone, for any
+  features (the weight rule needs non-negative ones, and fails behind a PRECODE bottleneck's linear decoder).
 - ``"yin"`` — Yin et al. 2021 (GradInversion), a batch of distinct labels: the ``n`` classes whose row
   minimum is most negative.
 - ``"wainakh"`` — Wainakh et al. 2022 (LLG, "User-Level Label Leakage from Gradients"), batches with
@@ -35,8 +37,8 @@ from gradleak.fl.local import LocalData, local_update
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.records import ServerView
 
-__all__ = ["LABEL_STRATEGIES", "calibrated_wainakh_labels", "classifier_gradient", "idlg_label", "infer_labels",
-           "wainakh_labels", "yin_labels"]
+__all__ = ["LABEL_STRATEGIES", "calibrated_wainakh_labels", "classifier_bias_gradient", "classifier_gradient",
+           "idlg_label", "infer_labels", "wainakh_labels", "yin_labels"]
 
 
 def classifier_gradient(view: ServerView, model: nn.Module | None = None) -> Tensor:
@@ -132,10 +134,26 @@ def _known(view: ServerView, n: int) -> Tensor:
     return labels
 
 
+def classifier_bias_gradient(view: ServerView, model: nn.Module | None = None) -> Tensor | None:
+    """``(num_classes,)`` gradient direction of the last linear layer's bias (minus its update), or ``None``
+    when the classifier has no bias or the update withholds it."""
+    model = model if model is not None else view.build_model()
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1][1].bias is None:
+        return None
+    key = f"{linears[-1][0]}.bias"
+    delta = view.update.delta
+    return -delta[key].detach().to(torch.float64) if key in delta else None
+
+
 def _idlg(view: ServerView, n: int) -> Tensor:
     if n != 1:
         raise AttackError(f"iDLG recovers the label of one image, not {n}; use labels='yin' or 'wainakh'")
-    return idlg_label(classifier_gradient(view))
+    model = view.build_model()
+    bias = classifier_bias_gradient(view, model)
+    if bias is not None:  # p - y: negative at the label only, whatever the features' signs
+        return bias.argmin().reshape(1)
+    return idlg_label(classifier_gradient(view, model))
 
 
 def _auto(view: ServerView, n: int) -> Tensor:
