@@ -20,8 +20,13 @@ The attack settings are inverting-gradients' acceptance settings of ``fidelity_a
 lr 1.0, step decay, TV 3e-3) with reduced budgets for a shared 2-core CPU (``--iterations``,
 ``--ablation-iterations``, ``--restarts``); the paper runs up to 20,000 iterations.
 
+``--dp-noise`` changes DP-SGD's noise multiplier in the ablation and utility sections (the paper's Table 1
+uses 1e-3, its ablation 1e-4); ``--ablation-with DP`` keeps only the combinations with DP (the others do not
+depend on it).
+
 Usage: ``python benchmarks/fidelity_targeted.py [--only single ablation utility] [--tag part]``, then
-``python benchmarks/fidelity_targeted.py --merge part1 part2`` to print all tables from saved parts.
+``python benchmarks/fidelity_targeted.py --merge part1 part2 [--merge-tag name]`` to print all tables from saved
+parts.
 """
 
 from __future__ import annotations
@@ -87,8 +92,9 @@ def combinations() -> list[tuple[bool, bool, bool, str]]:
                                                                        ("-", "P", "C"))]
 
 
-def defenses_of(do: bool, dp: bool, gp: bool, pm: str) -> list[str]:
-    return [*(["dropout"] if do else []), *(["dp-sgd"] if dp else []), *(["prune"] if gp else []),
+def defenses_of(do: bool, dp: bool, gp: bool, pm: str, dp_noise: float = 1e-4) -> list[Any]:
+    dp_sgd = "dp-sgd" if dp_noise == 1e-4 else {"name": "dp-sgd", "options": {"noise_multiplier": dp_noise}}
+    return [*(["dropout"] if do else []), *([dp_sgd] if dp else []), *(["prune"] if gp else []),
             *({"P": ["precode"], "C": ["cvb"]}.get(pm, []))]
 
 
@@ -144,10 +150,11 @@ def run_long(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_ablation(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     k, n = (int(v) for v in args.ablation_part.split("/"))
-    todo = combinations()
+    todo = [c for c in combinations() if not args.ablation_with or args.ablation_with in label(*c).split("+")]
     for combo in todo[k * len(todo) // n:(k + 1) * len(todo) // n]:
         row = {"combination": label(*combo),
-               **attack_row(args, "cdia", defenses_of(*combo), "honest", args.ablation_iterations)}
+               **attack_row(args, "cdia", defenses_of(*combo, args.dp_noise), "honest",
+                                                       args.ablation_iterations)}
         rows.append(row)
         print(f"[ablation] {row['combination']:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
               f"ASR {row['asr']:.0%}  {row['seconds']:.0f}s", flush=True)
@@ -169,7 +176,7 @@ def run_utility(args: argparse.Namespace) -> list[dict[str, Any]]:
     base = SCENARIOS.create("combined-defenses", rounds=args.rounds, seed=0)
     fed = small_federation(args, base)
     for combo in combinations():
-        scenario = base.replace(defenses=tuple(defenses_of(*combo)))
+        scenario = base.replace(defenses=tuple(defenses_of(*combo, args.dp_noise)))
         started = time.perf_counter()
         result = scenario.simulation(federation=fed).run()
         accuracy = [m.test_accuracy for m in result.history]
@@ -243,7 +250,12 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--dp-noise", type=float, default=1e-4,
+                        help="DP-SGD noise multiplier in the ablation and utility sections (the paper's 1e-4)")
+    parser.add_argument("--ablation-with", default="", help="only the ablation's combinations with this defense "
+                        "(DO, DP, GP, PRECODE, CVB), e.g. DP for a --dp-noise variant")
     parser.add_argument("--merge", nargs="*", default=None, help="tags of saved parts to merge and print")
+    parser.add_argument("--merge-tag", default="", help="with --merge: write fidelity_targeted_cpu_<tag>.json")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.merge is not None:
@@ -255,7 +267,7 @@ def main() -> None:
                     merged[k] = merged[k] + v  # ablation slices, in the order given
                 elif k not in merged:
                     merged[k] = v
-        path = RESULTS / "fidelity_targeted_cpu.json"
+        path = RESULTS / f"fidelity_targeted_cpu{('_' + args.merge_tag) if args.merge_tag else ''}.json"
         path.write_text(json.dumps(merged, indent=2, default=str))
         print(tables(merged))
         print(f"wrote {path}")
