@@ -126,25 +126,23 @@ def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: st
             "ssim_per_image": ssim.tolist(), "seconds": time.perf_counter() - started}
 
 
-def run_single(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _table_rows(args: argparse.Namespace, section: str, specs: list, iterations: int) -> list[dict[str, Any]]:
     rows = []
-    for table, attack, defenses, threat in SINGLE:
-        row = {"table": table, **attack_row(args, attack, defenses, threat, args.iterations)}
+    for table, attack, defenses, threat in specs:
+        row = {"table": table, **attack_row(args, attack, defenses, threat, iterations)}
         rows.append(row)
-        print(f"[single] {table:<11} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
+        print(f"[{section}] {table:<13} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
               f"ASR {row['asr']:.0%}  {row['seconds']:.0f}s", flush=True)
     return rows
+
+
+def run_single(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return _table_rows(args, "single", SINGLE, args.iterations)
 
 
 def run_long(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
     k, n = (int(v) for v in args.long_part.split("/"))
-    for table, attack, defenses, threat in LONG[k * len(LONG) // n:(k + 1) * len(LONG) // n]:
-        row = {"table": table, **attack_row(args, attack, defenses, threat, args.long_iterations)}
-        rows.append(row)
-        print(f"[long] {table:<13} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
-              f"ASR {row['asr']:.0%}  {row['seconds']:.0f}s", flush=True)
-    return rows
+    return _table_rows(args, "long", LONG[k * len(LONG) // n:(k + 1) * len(LONG) // n], args.long_iterations)
 
 
 def run_ablation(args: argparse.Namespace) -> list[dict[str, Any]]:
