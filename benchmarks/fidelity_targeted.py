@@ -21,8 +21,9 @@ lr 1.0, step decay, TV 3e-3) with reduced budgets for a shared 2-core CPU (``--i
 ``--ablation-iterations``, ``--restarts``); the paper runs up to 20,000 iterations.
 
 ``--dp-noise`` changes DP-SGD's noise multiplier in the ablation and utility sections (the paper's Table 1
-uses 1e-3, its ablation 1e-4); ``--ablation-with DP`` keeps only the combinations with DP (the others do not
-depend on it).
+uses 1e-3, its ablation 1e-4); ``--with DP`` keeps only the rows and combinations with DP (the others do not
+depend on it; ``--with DP CVB``: with both). A ``--with`` part merged after older parts replaces their rows of
+the same key (re-measuring one defense after a change to it).
 
 Usage: ``python benchmarks/fidelity_targeted.py [--only single ablation utility] [--tag part]``, then
 ``python benchmarks/fidelity_targeted.py --merge part1 part2 [--merge-tag name]`` to print all tables from saved
@@ -126,9 +127,19 @@ def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: st
             "ssim_per_image": ssim.tolist(), "seconds": time.perf_counter() - started}
 
 
+def _names(defenses: list) -> set[str]:
+    return {(d if isinstance(d, str) else d["name"]).lower() for d in defenses}
+
+
+def _selected(args: argparse.Namespace, combination: str) -> bool:
+    return all(name in combination.split("+") for name in args.only_with)
+
+
 def _table_rows(args: argparse.Namespace, section: str, specs: list, iterations: int) -> list[dict[str, Any]]:
     rows = []
     for table, attack, defenses, threat in specs:
+        if not {n.lower() for n in args.only_with} <= _names(defenses):
+            continue
         row = {"table": table, **attack_row(args, attack, defenses, threat, iterations)}
         rows.append(row)
         print(f"[{section}] {table:<13} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
@@ -148,7 +159,7 @@ def run_long(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_ablation(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     k, n = (int(v) for v in args.ablation_part.split("/"))
-    todo = [c for c in combinations() if not args.ablation_with or args.ablation_with in label(*c).split("+")]
+    todo = [c for c in combinations() if _selected(args, label(*c))]
     for combo in todo[k * len(todo) // n:(k + 1) * len(todo) // n]:
         row = {"combination": label(*combo),
                **attack_row(args, "cdia", defenses_of(*combo, args.dp_noise), "honest",
@@ -173,7 +184,7 @@ def run_utility(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     base = SCENARIOS.create("combined-defenses", rounds=args.rounds, seed=0)
     fed = small_federation(args, base)
-    for combo in combinations():
+    for combo in (c for c in combinations() if _selected(args, label(*c))):
         scenario = base.replace(defenses=tuple(defenses_of(*combo, args.dp_noise)))
         started = time.perf_counter()
         result = scenario.simulation(federation=fed).run()
@@ -230,6 +241,26 @@ def tables(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _row_key(row: dict[str, Any]) -> str:
+    if "combination" in row:
+        return row["combination"]
+    return json.dumps([row["table"], row["attack"], row["defenses"], row["threat"]])
+
+
+def _merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with each row of ``new`` replacing the row of the same key in place, or appended (slices of a
+    section merge in the order given; a ``--with`` re-run replaces the rows it re-measured)."""
+    out = list(rows)
+    index = {_row_key(r): i for i, r in enumerate(out)}
+    for r in new:
+        if _row_key(r) in index:
+            out[index[_row_key(r)]] = r
+        else:
+            index[_row_key(r)] = len(out)
+            out.append(r)
+    return out
+
+
 SECTIONS = {"single": run_single, "ablation": run_ablation, "utility": run_utility, "long": run_long}
 
 
@@ -250,8 +281,8 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     parser.add_argument("--dp-noise", type=float, default=1e-4,
                         help="DP-SGD noise multiplier in the ablation and utility sections (the paper's 1e-4)")
-    parser.add_argument("--ablation-with", default="", help="only the ablation's combinations with this defense "
-                        "(DO, DP, GP, PRECODE, CVB), e.g. DP for a --dp-noise variant")
+    parser.add_argument("--with", dest="only_with", nargs="*", default=[],
+                        help="only the rows and combinations with all these defenses (DO, DP, GP, PRECODE, CVB)")
     parser.add_argument("--merge", nargs="*", default=None, help="tags of saved parts to merge and print")
     parser.add_argument("--merge-tag", default="", help="with --merge: write fidelity_targeted_cpu_<tag>.json")
     args = parser.parse_args()
@@ -262,7 +293,7 @@ def main() -> None:
             part = json.loads((RESULTS / f"fidelity_targeted_cpu_{tag}.json").read_text())
             for k, v in part.items():
                 if k in SECTIONS and k in merged:
-                    merged[k] = merged[k] + v  # ablation slices, in the order given
+                    merged[k] = _merge_rows(merged[k], v)
                 elif k not in merged:
                     merged[k] = v
         path = RESULTS / f"fidelity_targeted_cpu{('_' + args.merge_tag) if args.merge_tag else ''}.json"

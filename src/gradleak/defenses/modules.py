@@ -24,9 +24,10 @@ __all__ = ["CVB", "PRECODE", "ConvBottleneck", "DropoutDefense", "LinearBottlene
 
 
 def _kl_standard_normal(mu: Tensor, sigma: Tensor) -> Tensor:
-    """KL(N(μ, σ²) ‖ N(0, 1)) summed over latent units, averaged over the batch."""
+    """KL(N(μ, σ²) ‖ N(0, 1)) summed over the latent channels (dim 1), averaged over everything else: the
+    batch, and for a convolutional bottleneck the spatial positions (as the CVB authors' released loss)."""
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - 2.0 * torch.log(sigma + 1e-12))
-    return kl.reshape(kl.shape[0], -1).sum(1).mean()
+    return kl.sum(1).mean()
 
 
 class _Bottleneck(nn.Module):
@@ -61,18 +62,21 @@ class LinearBottleneck(_Bottleneck):
 
 
 class ConvBottleneck(_Bottleneck):
-    """CVB (Scheliga et al. 2024b): 3×3 convolutions to μ and softplus σ with ``latent`` channels (C/2 by
-    default), a 1×1 convolution back to ``channels``."""
+    """CVB (Scheliga et al. 2024b): ``kernel_size`` convolutions ('same' padding) to μ and σ with ``latent``
+    channels (C/2 by default), a 1×1 convolution back to ``channels``. σ = softplus(clamp(s, -5, 5)) as in the
+    authors' released code (the clamp bounds σ)."""
 
-    def __init__(self, channels: int, latent: int | None = None, beta: float = 1e-3, noise_name: str = "cvb"):
+    def __init__(self, channels: int, latent: int | None = None, beta: float = 0.1, noise_name: str = "cvb",
+                 kernel_size: int = 5, bias: bool = False):
         super().__init__(beta, noise_name)
         latent = latent or max(1, channels // 2)
-        self.mu = nn.Conv2d(channels, latent, 3, padding=1)
-        self.sigma = nn.Conv2d(channels, latent, 3, padding=1)
-        self.decoder = nn.Conv2d(latent, channels, 1)
+        pad = kernel_size // 2
+        self.mu = nn.Conv2d(channels, latent, kernel_size, padding=pad, bias=bias)
+        self.sigma = nn.Conv2d(channels, latent, kernel_size, padding=pad, bias=bias)
+        self.decoder = nn.Conv2d(latent, channels, 1, bias=bias)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.decoder(self.sample(self.mu(z), F.softplus(self.sigma(z))))
+        return self.decoder(self.sample(self.mu(z), F.softplus(self.sigma(z).clamp(-5.0, 5.0))))
 
 
 def _get(model: nn.Module, path: str) -> nn.Module:
@@ -153,16 +157,29 @@ class PRECODE(Defense):
 @_register("cvb")
 @dataclass(frozen=True)
 class CVB(Defense):
-    """Convolutional variational bottleneck after ``after`` (default: the CNN's first conv block), with
-    C/2 latent channels and KL weight ``beta`` (1e-3; see PRECODE on the paper's settings)."""
+    """Convolutional variational bottleneck after ``after`` (default: the CNN's first conv block), with C/2
+    latent channels.
+
+    Defaults are the CVB paper's recommended configuration as released by its authors (Scheliga et al.
+    2024b, ``configs/models/CNNCVB.yaml`` of dAI-SY-Group/ConvolutionalVariationalBottleneck, the
+    configuration the combined-defenses paper cites): KL weight ``beta`` 0.1, 5×5 encoder convolutions
+    (``kernel_size``), no biases (``bias``), placed after the first conv block. The KL term is the exact
+    KL(N(μ, σ²) ‖ N(0, 1)) summed over the latent channels and averaged over positions and the batch, as
+    in the authors' released loss (β = 0.1 per position is β/(H·W) ≈ 5e-4 per latent unit on the CNN's
+    14×14 map).
+    """
 
     after: str = "features.block1"
-    beta: float = 1e-3
+    beta: float = 0.1
+    kernel_size: int = 5
+    bias: bool = False
     stage: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         if self.beta < 0:
             raise ValueError(f"cvb: beta must be >= 0, got {self.beta}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"cvb: kernel_size must be a positive odd number, got {self.kernel_size}")
 
     def apply(self, model: nn.Module) -> nn.Module:
         out = copy.deepcopy(model)
@@ -170,6 +187,7 @@ class CVB(Defense):
         convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
         if not convs:
             raise ValueError(f"cvb: {self.after!r} holds no Conv2d to take the channel count from")
-        vb = ConvBottleneck(convs[-1].out_channels, beta=self.beta, noise_name="cvb")
+        vb = ConvBottleneck(convs[-1].out_channels, beta=self.beta, noise_name="cvb", kernel_size=self.kernel_size,
+                            bias=self.bias)
         _set(out, self.after, nn.Sequential(OrderedDict(block=block, cvb=vb)))
         return out
