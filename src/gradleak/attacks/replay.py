@@ -52,6 +52,7 @@ from gradleak.attacks.priors import (
     running_statistics,
     total_variation,
 )
+from gradleak.attacks.unfold import unfold_convolutions
 from gradleak.data.transforms import denormalize, normalize
 from gradleak.fl.local import LocalData, local_update
 from gradleak.fl.recipe import LocalRecipe, batch_schedule
@@ -169,6 +170,10 @@ class ReplayAttack(Attack):
         Dummy images per victim (default: the view's ``num_images``, else the update's ``num_examples``).
     trace_every, tolerance, check_every
         Loss-trace period and optional early stop (see :func:`~gradleak.attacks.optimize.minimize`).
+    unfold_convolutions
+        Replay convolutions as unfold + matrix product where the unfolded input is small
+        (:func:`~gradleak.attacks.unfold.unfold_convolutions`): the same numbers to rounding, faster double
+        backward for small feature maps. ``False`` keeps ``nn.Conv2d``.
     """
 
     iterations: int = 1000
@@ -195,6 +200,7 @@ class ReplayAttack(Attack):
     trace_every: int = 10
     tolerance: float | None = None
     check_every: int = 100
+    unfold_convolutions: bool = True
 
     def __post_init__(self) -> None:
         choices = {"objective": OBJECTIVES, "init": INITIALIZERS, "labels": LABEL_STRATEGIES,
@@ -313,6 +319,8 @@ class ReplayAttack(Attack):
         model = view0.build_model()
         device = next(iter(view0.global_state.params.values())).device
         model.to(device)
+        if self.unfold_convolutions:
+            model = unfold_convolutions(model, tuple(view0.image_shape))
         n = self.num_images or view0.num_images or view0.update.num_examples
         recipe = self._recipe(view0, n)
         tg = self.targeting(views, model, recipe, n)
