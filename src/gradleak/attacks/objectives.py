@@ -59,24 +59,30 @@ def _weight(weights: Mapping[str, float] | None, name: str) -> float:
     return 1.0 if weights is None else float(weights.get(name, 0.0))
 
 
+def _w(weights: Mapping[str, float] | None, name: str, value: Tensor) -> Tensor:
+    """``w_name · value``, without the multiplication (and its backward) when the weight is 1."""
+    w = _weight(weights, name)
+    return value if w == 1.0 else w * value
+
+
 def squared_l2(dummy: Updates, target: Updates, weights: Mapping[str, float] | None = None) -> Tensor:
     """``sum_l w_l ||dummy_l - target_l||^2`` (DLG's gradient distance)."""
-    terms = [_weight(weights, k) * (dummy[k] - t).pow(2).sum() for k, t in target.items()]
+    terms = [_w(weights, k, (dummy[k] - t).pow(2).sum()) for k, t in target.items()]
     return torch.stack(terms).sum()
 
 
 def l2_norm(dummy: Updates, target: Updates, weights: Mapping[str, float] | None = None) -> Tensor:
     """``sum_l w_l ||dummy_l - target_l||_2`` (the hospital paper's Eq. 2; each layer's norm, not squared)."""
-    terms = [_weight(weights, k) * ((dummy[k] - t).pow(2).sum() + _EPS_NORM).sqrt() for k, t in target.items()]
+    terms = [_w(weights, k, ((dummy[k] - t).pow(2).sum() + _EPS_NORM).sqrt()) for k, t in target.items()]
     return torch.stack(terms).sum()
 
 
 def cosine(dummy: Updates, target: Updates, weights: Mapping[str, float] | None = None) -> Tensor:
     """``1 - <d, t> / (||d|| ||t||)`` over the concatenation of all layers, each layer's products weighted
     by ``w_l`` (Geiping et al. 2020; invariant to the update's scale, e.g. the learning rate)."""
-    dot = torch.stack([_weight(weights, k) * (dummy[k] * t).sum() for k, t in target.items()]).sum()
-    dd = torch.stack([_weight(weights, k) * dummy[k].pow(2).sum() for k in target]).sum()
-    tt = torch.stack([_weight(weights, k) * t.pow(2).sum() for k, t in target.items()]).sum()
+    dot = torch.stack([_w(weights, k, (dummy[k] * t).sum()) for k, t in target.items()]).sum()
+    dd = torch.stack([_w(weights, k, dummy[k].pow(2).sum()) for k in target]).sum()
+    tt = torch.stack([_w(weights, k, t.pow(2).sum()) for k, t in target.items()]).sum()
     return 1.0 - dot / ((dd + _EPS).sqrt() * (tt + _EPS).sqrt())
 
 
@@ -86,7 +92,7 @@ def layerwise_cosine(dummy: Updates, target: Updates, weights: Mapping[str, floa
     for k, t in target.items():
         d = dummy[k]
         cos = (d * t).sum() / (((d.pow(2).sum() + _EPS) * (t.pow(2).sum() + _EPS)).sqrt())
-        terms.append(_weight(weights, k) * (1.0 - cos))
+        terms.append(_w(weights, k, 1.0 - cos))
     return torch.stack(terms).sum()
 
 
