@@ -147,6 +147,24 @@ def test_no_graph_kept_without_create_graph() -> None:
     assert all(v.grad_fn is None and not v.requires_grad for v in out.params.values())
 
 
+def test_gradient_only_returns_the_step_gradient_and_leaves_params() -> None:
+    torch.manual_seed(6)
+    model = small_bn_net()
+    params, buffers = model_state(model)
+    data = make_data(n=4)
+    recipe = LocalRecipe(lr=0.1, steps=1, batch_size=4, shuffle=False)
+    x = data.x.clone().requires_grad_(True)
+    full = local_update(model, params, buffers, LocalData(x, data.y), recipe, create_graph=True)
+    only = local_update(model, params, buffers, LocalData(x, data.y), recipe, create_graph=True, gradient_only=True)
+    for k, p in params.items():
+        assert only.params[k] is p  # no optimizer step
+        # one plain SGD step: the full replay's delta is -lr times the gradient the short one returns
+        torch.testing.assert_close(full.params[k] - p, -0.1 * only.per_step[0].grads[k])
+    assert all(torch.equal(full.buffers[k], only.buffers[k]) for k in buffers)  # BN statistics still updated
+    with pytest.raises(ValueError, match="one-step"):
+        local_update(model, params, buffers, data, LocalRecipe(lr=0.1, steps=2, batch_size=2), gradient_only=True)
+
+
 def test_vmap_over_trials_equals_separate_calls() -> None:
     torch.manual_seed(4)
     model = small_bn_net()

@@ -364,7 +364,7 @@ class ReplayAttack(Attack):
                    recv: TensorDict, fx: TensorDict, mk: TensorDict) -> Tensor:
             injected = {**fx, **tg.inject(z)} if (z or fx) else None
             out = local_update(model, p, b, LocalData(x, y.softmax(-1) if joint else y), recipe, noise=injected,
-                               create_graph=True)
+                               create_graph=True, gradient_only=sgd_step)
             if sgd_step:
                 step_grads = out.per_step[0].grads
                 dummy = {k: step_grads[k] for k in t}  # type: ignore[index]

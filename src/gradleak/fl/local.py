@@ -214,6 +214,7 @@ def local_update(
     noise: Mapping[str, Tensor] | None = None,
     generator: torch.Generator | None = None,
     create_graph: bool = False,
+    gradient_only: bool = False,
 ) -> LocalResult:
     """Run the client's local training functionally.
 
@@ -235,6 +236,11 @@ def local_update(
     create_graph
         Keep the graph through every step, so the result can be differentiated with respect to the data,
         soft labels and injected noise (the attacker's replay). Off: plain training, nothing retained.
+    gradient_only
+        One step only: compute the step's (transformed) gradient and buffers but not the optimizer step, so
+        ``params`` are returned unchanged; with ``create_graph`` the gradient is in ``per_step[0].grads``.
+        For an attacker that matches a one-step SGD update through its gradient (the step itself would be
+        computed and discarded on every iteration).
 
     Returns
     -------
@@ -263,6 +269,8 @@ def local_update(
         steps = [(x, y) if create_graph else (x.detach(), y.detach()) for x, y in batches]
     if not steps:
         raise ValueError("local training needs at least one batch")
+    if gradient_only and len(steps) != 1:
+        raise ValueError(f"gradient_only needs a one-step replay, got {len(steps)} steps")
 
     per_sample_tf, batch_tf = _reduce_transforms(recipe)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -316,7 +324,8 @@ def local_update(
                 for transform in batch_tf:
                     grads = transform(grads, step=t, batch_size=int(xb.shape[0]))
                 lr = recipe.lr_at(t, len(steps))
-                params, opt_state = _optimizer_step(recipe, params, grads, opt_state, lr, t)
+                if not gradient_only:
+                    params, opt_state = _optimizer_step(recipe, params, grads, opt_state, lr, t)
                 full_stats = {k: (*stats[k], counts[k]) for k in stats}
                 buffers = _running_update(model, buffers, full_stats)
                 if not create_graph:
