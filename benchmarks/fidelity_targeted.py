@@ -127,8 +127,13 @@ def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: st
             "ssim_per_image": ssim.tolist(), "seconds": time.perf_counter() - started}
 
 
-def _names(defenses: list) -> set[str]:
-    return {(d if isinstance(d, str) else d["name"]).lower() for d in defenses}
+#: the ablation's labels of the registry names, so ``--with`` reads the same in every section
+LABELS = {"dropout": "DO", "dp-sgd": "DP", "prune": "GP", "precode": "PRECODE", "cvb": "CVB"}
+
+
+def _labels(defenses: list) -> set[str]:
+    names = (d if isinstance(d, str) else d["name"] for d in defenses)
+    return {LABELS.get(n, n) for n in names}
 
 
 def _selected(args: argparse.Namespace, combination: str) -> bool:
@@ -138,7 +143,7 @@ def _selected(args: argparse.Namespace, combination: str) -> bool:
 def _table_rows(args: argparse.Namespace, section: str, specs: list, iterations: int) -> list[dict[str, Any]]:
     rows = []
     for table, attack, defenses, threat in specs:
-        if not {n.lower() for n in args.only_with} <= _names(defenses):
+        if not set(args.only_with) <= _labels(defenses):
             continue
         row = {"table": table, **attack_row(args, attack, defenses, threat, iterations)}
         rows.append(row)
