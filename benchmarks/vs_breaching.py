@@ -13,10 +13,12 @@ breaching attacks one after another and gradleak in one vectorised run (``Invert
 Per case and tool: iterations/s, wall time, peak memory (resident set sampled during the attack, and its rise
 over the case's start), mean PSNR/SSIM of the reconstructions against the originals, graded by gradleak's
 ``gradleak.audit.image_metrics`` for both tools; medians of ``--repeats`` rounds (each round: new victims and
-seeds; breaching and gradleak alternate which goes first). Plus the physical-floor ratio per case: one attack
-iteration over one plain forward + backward training step of the same model and batch; the plain step and
-gradleak's own iteration are measured by ``benchmarks/bench_attacks.py``'s ``bench`` (reused, not copied), and
-breaching's measured iteration time is divided by the same plain step.
+seeds; in each round the two tools attack a case back to back, alternating which goes first, and the speed ratio
+is the median over the rounds of these pairs' ratios, robust to the machine's speed drifting between pairs).
+Plus the physical-floor ratio per case: one attack iteration over one plain forward + backward training step of
+the same model and batch; the plain step and gradleak's own iteration are measured by
+``benchmarks/bench_attacks.py``'s ``bench`` (reused, not copied), and breaching's measured iteration time is
+divided by the same plain step.
 
 Both tools run single-threaded (``--threads``), one after the other, never at once.
 
@@ -113,8 +115,9 @@ def _build_model(path: Path) -> torch.nn.Module:
 # -- the breaching half (runs in .venv-breaching) ----------------------------------------------------------
 
 
-def run_breaching(exchange: Path) -> None:
-    """Attack every case of the exchange folder with breaching; writes reconstructions and timings there."""
+def run_breaching(exchange: Path, cases: list[str] | None = None) -> None:
+    """Attack the cases of the exchange folder (all, or ``cases``) with breaching; writes reconstructions and
+    timings there."""
     import logging
     import types
     import warnings
@@ -164,7 +167,7 @@ def run_breaching(exchange: Path) -> None:
 
     timings = {"import_seconds": import_seconds, "cases": {}}
     warm = attacker_for(3)
-    for case in config["cases"]:
+    for case in cases or config["cases"]:
         with np.load(exchange / f"case_{case}.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         attack(warm, arrays, 0)  # warm-up: first-call costs (allocator, kernels) out of the timing
@@ -325,16 +328,16 @@ def _floor(args: argparse.Namespace) -> dict:
     return out
 
 
-def _breaching_round(python: Path, exchange: Path, env: dict, comparison: Comparison, prepared: dict,
-                     rows: dict) -> dict:
-    """Run breaching's half on the exchange folder; grade its reconstructions into ``rows``."""
-    cmd = [str(python), str(Path(__file__).resolve()), "--tool", "breaching", "--exchange", str(exchange)]
+def _breaching_case(python: Path, exchange: Path, env: dict, comparison: Comparison, case: str, prepared: dict,
+                    rows: dict) -> dict:
+    """Run breaching's half on one case of the exchange folder; grade its reconstructions into ``rows``."""
+    cmd = [str(python), str(Path(__file__).resolve()), "--tool", "breaching", "--exchange", str(exchange),
+           "--cases", case]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     timings = json.loads((exchange / "breaching_timings.json").read_text())
-    for case in CASES:
-        with np.load(exchange / f"breaching_{case}.npz", allow_pickle=False) as z:
-            images = torch.from_numpy(z["images"])
-        rows[case]["breaching"].append({**timings["cases"][case], **comparison.grade(case, images, prepared[case])})
+    with np.load(exchange / f"breaching_{case}.npz", allow_pickle=False) as z:
+        images = torch.from_numpy(z["images"])
+    rows[case]["breaching"].append({**timings["cases"][case], **comparison.grade(case, images, prepared)})
     return {k: v for k, v in timings.items() if k != "cases"}
 
 
@@ -365,12 +368,15 @@ def compare(args: argparse.Namespace) -> None:
                       "std": list(comparison.dataset.std), "image_shape": [3, 32, 32], "num_classes": 10}
             (exchange / "config.json").write_text(json.dumps(config))
             prepared = {case: comparison.prepare(case, round_, exchange) for case in CASES}
-            tools = ["breaching", "gradleak"] if round_ % 2 == 0 else ["gradleak", "breaching"]  # alternate order
-            for tool in tools:
-                if tool == "breaching":
-                    breaching_meta.update(_breaching_round(python, exchange, env, comparison, prepared, rows))
-                else:
-                    for case in CASES:
+            # the two tools attack each case back to back (seconds apart, which tool first alternating), so that
+            # the shared machine's drift in speed (up to 2x over minutes here) falls on both halves of a pair
+            for index, case in enumerate(CASES):
+                tools = ["breaching", "gradleak"] if (round_ + index) % 2 == 0 else ["gradleak", "breaching"]
+                for tool in tools:
+                    if tool == "breaching":
+                        breaching_meta.update(_breaching_case(python, exchange, env, comparison, case,
+                                                              prepared[case], rows))
+                    else:
                         out = comparison.run_gradleak(case, prepared[case])
                         images = out.pop("images")
                         rows[case]["gradleak"].append({**out, **comparison.grade(case, images, prepared[case])})
@@ -419,8 +425,13 @@ def _summarise(args: argparse.Namespace, rows: dict, floor: dict) -> dict:
                            "ssim_all": [x["ssim"] for x in r], "psnr_all": [x["psnr"] for x in r]}
         g, b = tools["gradleak"], tools["breaching"]
         step = floor[case]["plain_step_seconds"]
-        ratios = {"speedup_gradleak_over_breaching": b["wall_seconds_median"] / g["wall_seconds_median"],
-                  "wall_ratio_gradleak_to_breaching": g["wall_seconds_median"] / b["wall_seconds_median"],
+        pairs = list(zip(g["wall_seconds_all"], b["wall_seconds_all"], strict=True))
+        ratios = {"speedup_gradleak_over_breaching": statistics.median(bw / gw for gw, bw in pairs),
+                  "wall_ratio_gradleak_to_breaching": statistics.median(gw / bw for gw, bw in pairs),
+                  # per round (the pair ran back to back) and, less robust to drift, the ratio of the medians
+                  "speedup_per_round": [bw / gw for gw, bw in pairs],
+                  "speedup_of_medians": b["wall_seconds_median"] / g["wall_seconds_median"],
+                  "wall_ratio_of_medians": g["wall_seconds_median"] / b["wall_seconds_median"],
                   "ssim_gradleak_minus_breaching": g["ssim_mean"] - b["ssim_mean"],
                   "psnr_gradleak_minus_breaching": g["psnr_mean"] - b["psnr_mean"],
                   "plain_step_seconds": step,
@@ -459,7 +470,9 @@ def _print_summary(summary: dict) -> None:
                   f"{t['peak_rss_rise_mib_median']:14.1f} {t['ssim_mean']:7.3f} {t['psnr_mean']:7.2f} "
                   f"{c['ratios'][f'floor_ratio_{tool}']:8.2f}")
         r = c["ratios"]
-        print(f"{'':12} gradleak/breaching: speed x{r['speedup_gradleak_over_breaching']:.2f}, wall "
+        rounds = ", ".join(f"{x:.2f}" for x in r["speedup_per_round"])
+        print(f"{'':12} gradleak/breaching: speed x{r['speedup_gradleak_over_breaching']:.2f} (median of the rounds' "
+              f"pairs: {rounds}; of the medians x{r['speedup_of_medians']:.2f}), wall "
               f"{r['wall_ratio_gradleak_to_breaching']:.3f}, SSIM {r['ssim_gradleak_minus_breaching']:+.3f}, "
               f"PSNR {r['psnr_gradleak_minus_breaching']:+.2f} dB")
     if "resnet18_b8_floor_ratio_gradleak" in summary:
@@ -490,7 +503,7 @@ def main() -> None:
     for case in [c for c in CASES if c not in args.cases]:
         del CASES[case]
     if args.tool == "breaching":
-        run_breaching(args.exchange)
+        run_breaching(args.exchange, args.cases)
         return
     if args.quick:
         args.iterations, args.repeats, args.floor_iterations = 30, 1, 10

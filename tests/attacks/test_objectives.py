@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from gradleak.attacks.objectives import OBJECTIVES, cosine, l2_norm, layer_weights, layerwise_cosine, squared_l2
+from gradleak.attacks.objectives import (
+    OBJECTIVES,
+    cosine,
+    l2_norm,
+    layer_weights,
+    layerwise_cosine,
+    matcher,
+    squared_l2,
+    target_constants,
+)
 
 
 def pair(seed: int = 0) -> tuple[dict, dict]:
@@ -32,6 +41,25 @@ def test_against_numpy() -> None:
     np.testing.assert_allclose(float(cosine(d, t, w)), 1 - dot / np.sqrt(dd * tt))
     per_layer = sum(w[k] * (1 - dn[k] @ tn[k] / np.linalg.norm(dn[k]) / np.linalg.norm(tn[k])) for k in w)
     np.testing.assert_allclose(float(layerwise_cosine(d, t, w)), per_layer)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+@pytest.mark.parametrize("weights", [None, {"a.weight": 1.0, "a.bias": 0.5, "b.weight": 0.0}])
+def test_prepared_target_equals_the_objective(name: str, weights: dict | None) -> None:
+    # matcher (one fixed target, constants computed once) and target_constants (the same under vmap) change
+    # the summation order only: values and gradients equal the plain objective's
+    d, t = pair(1)
+    fn = OBJECTIVES[name]
+    leaves = {k: v.clone().requires_grad_(True) for k, v in d.items()}
+    for value in (matcher(name, t, weights)(leaves), fn(leaves, t, weights, **target_constants(name, t, weights))):
+        reference = fn(leaves, t, weights)
+        torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-14)
+        got = torch.autograd.grad(value, list(leaves.values()))
+        want = torch.autograd.grad(reference, list(leaves.values()))
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="unknown objective"):
+        matcher("l3", t)
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))

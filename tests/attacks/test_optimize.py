@@ -1,4 +1,4 @@
-"""The shared optimisation loop: vectorised equals looped, L-BFGS equals torch.optim.LBFGS, best-iterate
+"""The shared optimisation loop: vectorised equals looped, Adam and L-BFGS equal torch.optim's, best-iterate
 tracking, schedules."""
 
 from __future__ import annotations
@@ -66,6 +66,23 @@ def test_lbfgs_equals_torch_lbfgs() -> None:
     ours = minimize(f, {"x": x0}, iterations=12, optimizer=OptimizerConfig(name="lbfgs", lr=1.0))
     # ours returns the best iterate; L-BFGS on this convex problem decreases monotonically, so it is the last
     torch.testing.assert_close(ours.variables["x"], x.detach(), atol=1e-9, rtol=0)
+
+
+def test_adam_equals_torch_adam() -> None:
+    _, objective_of, x0 = logistic_problem(trials=1, seed=4)
+    f = objective_of(0)
+    x = x0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.01, foreach=False)
+    iterates = []
+    for _ in range(25):
+        opt.zero_grad()
+        f({"x": x}).sum().backward()
+        opt.step()
+        iterates.append(x.detach().clone())
+    # the objective decreases along these steps; minimize scores the iterate after its last step too, so its best
+    # iterate is the 25th
+    ours = minimize(f, {"x": x0}, iterations=25, optimizer=OptimizerConfig(name="adam", lr=0.01))
+    torch.testing.assert_close(ours.variables["x"], iterates[-1], atol=1e-12, rtol=0)
 
 
 def test_converges_and_keeps_the_best_iterate() -> None:

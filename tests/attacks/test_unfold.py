@@ -43,11 +43,11 @@ def test_unfold_equals_conv2d_in_value_gradient_and_double_backward() -> None:
     assert state.keys() == native.state_dict().keys()
     assert all(torch.equal(v, state[k]) for k, v in native.state_dict().items())
     assert all(type(m) is nn.Conv2d for m in native if isinstance(m, nn.Conv2d))  # the input is untouched
-    torch.testing.assert_close(fast(x), native(x), rtol=1e-12, atol=1e-12)
-    y = torch.tensor([0, 2, 1])
     target = [torch.randn_like(p) for p in native.parameters()]
-    torch.testing.assert_close(gradient_match(fast, x, y, target), gradient_match(native, x, y, target),
-                               rtol=1e-10, atol=1e-12)
+    for xb, yb in ((x, torch.tensor([0, 2, 1])), (x[1:2], torch.tensor([2]))):  # batch 1: the 2-D addmm path
+        torch.testing.assert_close(fast(xb), native(xb), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gradient_match(fast, xb, yb, target), gradient_match(native, xb, yb, target),
+                                   rtol=1e-10, atol=1e-12)
 
 
 def test_unfold_under_vmap_equals_native_per_sample() -> None:

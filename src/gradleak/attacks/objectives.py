@@ -26,7 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["OBJECTIVES", "cosine", "l2_norm", "layer_weights", "layerwise_cosine", "squared_l2"]
+__all__ = ["OBJECTIVES", "cosine", "l2_norm", "layer_weights", "layerwise_cosine", "matcher", "squared_l2",
+           "target_constants"]
 
 Updates = Mapping[str, Tensor]
 Objective = Callable[[Updates, Updates, Mapping[str, float] | None], Tensor]
@@ -77,13 +78,29 @@ def l2_norm(dummy: Updates, target: Updates, weights: Mapping[str, float] | None
     return torch.stack(terms).sum()
 
 
-def cosine(dummy: Updates, target: Updates, weights: Mapping[str, float] | None = None) -> Tensor:
+def cosine(dummy: Updates, target: Updates, weights: Mapping[str, float] | None = None, *,
+           target_sq: Tensor | None = None) -> Tensor:
     """``1 - <d, t> / (||d|| ||t||)`` over the concatenation of all layers, each layer's products weighted
-    by ``w_l`` (Geiping et al. 2020; invariant to the update's scale, e.g. the learning rate)."""
+    by ``w_l`` (Geiping et al. 2020; invariant to the update's scale, e.g. the learning rate).
+
+    ``target_sq``: ``||t||_w^2`` when the caller has it (:func:`target_constants`), else computed here."""
     dot = torch.stack([_w(weights, k, (dummy[k] * t).sum()) for k, t in target.items()]).sum()
-    dd = torch.stack([_w(weights, k, dummy[k].pow(2).sum()) for k in target]).sum()
-    tt = torch.stack([_w(weights, k, t.pow(2).sum()) for k, t in target.items()]).sum()
+    # squared norms through vector_norm: one pass over each layer forward and one backward (pow + sum: two and
+    # three); ~7 % of a 16-victim vectorised iteration on the cnn
+    dd = torch.stack([_w(weights, k, torch.linalg.vector_norm(dummy[k]).square()) for k in target]).sum()
+    tt = target_sq if target_sq is not None else _target_sq(target, weights)
     return 1.0 - dot / ((dd + _EPS).sqrt() * (tt + _EPS).sqrt())
+
+
+def _target_sq(target: Updates, weights: Mapping[str, float] | None) -> Tensor:
+    return torch.stack([_w(weights, k, t.pow(2).sum()) for k, t in target.items()]).sum()
+
+
+def target_constants(name: str, target: Updates, weights: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+    """What ``OBJECTIVES[name]`` computes from the target alone, as keyword arguments for it: an attack matching
+    the same target at every iteration (under vmap, one target per victim) computes them once. Empty for the
+    objectives that have none."""
+    return {"target_sq": _target_sq(target, weights)} if name == "cosine" else {}
 
 
 def layerwise_cosine(dummy: Updates, target: Updates, weights: Mapping[str, float] | None = None) -> Tensor:
@@ -94,6 +111,41 @@ def layerwise_cosine(dummy: Updates, target: Updates, weights: Mapping[str, floa
         cos = (d * t).sum() / (((d.pow(2).sum() + _EPS) * (t.pow(2).sum() + _EPS)).sqrt())
         terms.append(_w(weights, k, 1.0 - cos))
     return torch.stack(terms).sum()
+
+
+def _flat_cosine(target: Updates, weights: Mapping[str, float] | None) -> Callable[[Updates], Tensor]:
+    """:func:`cosine` against a fixed ``target``, over the concatenated layers: the target's weighted copy and
+    norm are computed once, and each call is one concatenation and two dot products (and their backward)
+    instead of three products and sums per layer (on a CPU the per-layer form is ~1.5 ms of a 7 ms
+    single-image attack iteration on the ``cnn``). Equal to :func:`cosine` up to summation order."""
+    keys = list(target)
+    w = [_weight(weights, k) for k in keys]
+    flat_t = torch.cat([t.reshape(-1) for t in target.values()])
+    uniform = all(v == 1.0 for v in w)
+    sizes = [target[k].numel() for k in keys]
+    w_vec = None if uniform else torch.cat([torch.full((n,), v, dtype=flat_t.dtype, device=flat_t.device)
+                                            for n, v in zip(sizes, w, strict=True)])
+    wt = flat_t if w_vec is None else w_vec * flat_t
+    t_norm = ((wt * flat_t).sum() + _EPS).sqrt()
+
+    def match(dummy: Updates) -> Tensor:
+        d = torch.cat([dummy[k].reshape(-1) for k in keys])
+        dd = torch.dot(d, d) if w_vec is None else torch.dot(d * w_vec, d)
+        return 1.0 - torch.dot(d, wt) / ((dd + _EPS).sqrt() * t_norm)
+
+    return match
+
+
+def matcher(name: str, target: Updates, weights: Mapping[str, float] | None = None) -> Callable[[Updates], Tensor]:
+    """The objective ``name`` against a fixed ``target``: ``dummy -> OBJECTIVES[name](dummy, target, weights)``,
+    with whatever depends on the target alone computed once (for a loop that matches the same target many
+    times). Not for use under :func:`torch.func.vmap` over targets (the constants belong to one target)."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
+    if name == "cosine":
+        return _flat_cosine(target, weights)
+    fn = OBJECTIVES[name]
+    return lambda dummy: fn(dummy, target, weights)
 
 
 #: Objectives by the name attacks use in their configuration.

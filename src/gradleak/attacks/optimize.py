@@ -234,11 +234,14 @@ def minimize(
                 b1, b2 = cfg.betas
                 new = {}
                 for k, g in grads.items():
-                    m = b1 * state[k + "/m"] + (1 - b1) * g if i else (1 - b1) * g
-                    v = b2 * state[k + "/v"] + (1 - b2) * g * g if i else (1 - b2) * g * g
-                    state[k + "/m"], state[k + "/v"] = m, v
-                    denom = v.sqrt() / math.sqrt(1 - b2 ** (i + 1)) + cfg.eps
-                    new[k] = values[k] - (lr * scale.get(k, 1.0) / (1 - b1 ** (i + 1))) * m / denom
+                    # torch.optim.Adam's arithmetic (single-tensor path), moments updated in place
+                    if i == 0:
+                        state[k + "/m"], state[k + "/v"] = torch.zeros_like(g), torch.zeros_like(g)
+                    m, v = state[k + "/m"], state[k + "/v"]
+                    m.lerp_(g, 1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    denom = (v.sqrt() / math.sqrt(1 - b2 ** (i + 1))).add_(cfg.eps)
+                    new[k] = values[k].addcdiv(m, denom, value=-(lr * scale.get(k, 1.0) / (1 - b1 ** (i + 1))))
                 current = new
             else:
                 current = {k: values[k] - lr * scale.get(k, 1.0) * g for k, g in grads.items()}

@@ -41,7 +41,7 @@ from torch.utils._pytree import tree_map
 from gradleak.attacks.base import Attack, AttackError
 from gradleak.attacks.init import INITIALIZERS, initialize
 from gradleak.attacks.labels import LABEL_STRATEGIES, infer_labels
-from gradleak.attacks.objectives import OBJECTIVES, layer_weights
+from gradleak.attacks.objectives import OBJECTIVES, layer_weights, matcher, target_constants
 from gradleak.attacks.optimize import OptimizerConfig, OptimResult, minimize
 from gradleak.attacks.priors import (
     bn_momenta,
@@ -355,13 +355,19 @@ class ReplayAttack(Attack):
                 raise AttackError("bn_buffers > 0 needs the BatchNorm running statistics of the update; the "
                                   "client withheld them (or the model has no BatchNorm): set bn_buffers=0")
             received = {k: torch.stack([v.update.buffers[k].to(device) for v in views]) for k in names}
+        # one trial runs without vmap: its target is fixed, so what depends on the target alone is computed once
+        match = matcher(self.objective, {k: t[0] for k, t in targets.items()}, weights) if V * R == 1 else None
+        # under vmap, each victim's target constants (the cosine's target norm), computed once
+        per_victim = [target_constants(self.objective, {k: t[v] for k, t in targets.items()}, weights)
+                      for v in range(V)] if match is None else []
+        tconst = {k: torch.stack([c[k] for c in per_victim]) for k in per_victim[0]} if per_victim else {}
         hard = [infer_labels(self.labels, v, n) for v in views]
         joint = hard[0] is None
         labels = None if joint else torch.stack(hard).to(device)  # type: ignore[arg-type]
         shape = (V, R, n, *view0.image_shape)
 
         def single(x: Tensor, y: Tensor, z: TensorDict, p: TensorDict, b: TensorDict, t: TensorDict,
-                   recv: TensorDict, fx: TensorDict, mk: TensorDict) -> Tensor:
+                   tc: TensorDict, recv: TensorDict, fx: TensorDict, mk: TensorDict) -> Tensor:
             injected = {**fx, **tg.inject(z)} if (z or fx) else None
             out = local_update(model, p, b, LocalData(x, y.softmax(-1) if joint else y), recipe, noise=injected,
                                create_graph=True, gradient_only=sgd_step)
@@ -372,7 +378,7 @@ class ReplayAttack(Attack):
                 dummy = {k: (out.params[k] - p[k]) * scale for k in t}
             if mk:
                 dummy = {k: d * mk[k] if k in mk else d for k, d in dummy.items()}
-            loss = objective_fn(dummy, t, weights)
+            loss = match(dummy) if match is not None else objective_fn(dummy, t, weights, **tc)
             if tg.regularizer is not None and z:
                 loss = loss + tg.regularizer(z)
             if self.tv:
@@ -385,8 +391,9 @@ class ReplayAttack(Attack):
                 loss = loss + self.bn_buffers * buffer_matching(out.buffers, recv, momenta)
             return loss
 
-        inner_dims = (0, 0 if joint else None, 0, None, None, None, None, None, None)
-        outer_dims = (0, 0, 0, pdim, bdim, 0, 0 if received else None, 0 if fixed else None, 0 if masks else None)
+        inner_dims = (0, 0 if joint else None, 0, None, None, None, None, None, None, None)
+        outer_dims = (0, 0, 0, pdim, bdim, 0, 0 if tconst else None, 0 if received else None, 0 if fixed else None,
+                      0 if masks else None)
 
         def first(d: TensorDict, dim: int | None) -> TensorDict:
             return {k: v[0] for k, v in d.items()} if dim == 0 else d
@@ -401,15 +408,15 @@ class ReplayAttack(Attack):
             both = inner if V == 1 else vmap(inner, in_dims=outer_dims, randomness="different")
 
             def call(x: Tensor, y: Tensor, z: TensorDict, p: TensorDict, b: TensorDict, t: TensorDict,
-                     recv: TensorDict, fx: TensorDict, mk: TensorDict):
+                     tc: TensorDict, recv: TensorDict, fx: TensorDict, mk: TensorDict):
                 if R == 1:
                     x, z = x[:, 0], {k: v[:, 0] for k, v in z.items()}
                     y = y[:, 0] if joint else y
                 if V == 1:
                     x, y, z = x[0], y[0], {k: v[0] for k, v in z.items()}
-                    p, b, t, recv, fx, mk = (first(p, pdim), first(b, bdim), first(t, 0), first(recv, 0),
-                                             first(fx, 0), first(mk, 0))
-                out = both(x, y, z, p, b, t, recv, fx, mk)
+                    p, b, t, tc, recv, fx, mk = (first(p, pdim), first(b, bdim), first(t, 0), first(tc, 0),
+                                                 first(recv, 0), first(fx, 0), first(mk, 0))
+                out = both(x, y, z, p, b, t, tc, recv, fx, mk)
                 if V == 1:
                     out = tree_map(lambda a: a.unsqueeze(0), out)
                 if R == 1:
@@ -436,7 +443,7 @@ class ReplayAttack(Attack):
         def arguments(values: TensorDict) -> tuple:
             x = values["x"].reshape(shape)
             y = values["y"].reshape(V, R, n, K) if joint else labels
-            return x, y, leaves_of(values), params, buffers, targets, received, fixed, masks
+            return x, y, leaves_of(values), params, buffers, targets, tconst, received, fixed, masks
 
         def objective(values: TensorDict) -> Tensor:
             loss = outer(*arguments(values))

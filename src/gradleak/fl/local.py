@@ -126,12 +126,13 @@ def _dropout_forward(module: nn.Dropout, name: str):
 
 
 @contextmanager
-def _functional_modules(model: nn.Module, bn_mode: str, sink: _StatCollector, differentiable: bool
-                        ) -> Iterator[None]:
-    """Give BatchNorm and dropout modules functional forwards for the duration of the block."""
+def _functional_modules(named: Sequence[tuple[str, nn.Module]], bn_mode: str, sink: _StatCollector,
+                        differentiable: bool) -> Iterator[None]:
+    """Give BatchNorm and dropout modules (of a model's ``named_modules()``) functional forwards for the
+    duration of the block."""
     patched: list[nn.Module] = []
     try:
-        for name, module in model.named_modules():
+        for name, module in named:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.forward = _bn_forward(module, name, bn_mode, sink, differentiable)
             elif isinstance(module, nn.Dropout):
@@ -146,10 +147,9 @@ def _functional_modules(model: nn.Module, bn_mode: str, sink: _StatCollector, di
 
 
 def _running_update(
-    model: nn.Module, buffers: TensorDict, stats: Mapping[str, tuple[Tensor, Tensor, int]]
+    modules: Mapping[str, nn.Module], buffers: TensorDict, stats: Mapping[str, tuple[Tensor, Tensor, int]]
 ) -> TensorDict:
     new = dict(buffers)
-    modules = dict(model.named_modules())
     for name, (mean, var, n) in stats.items():
         module = modules[name]
         prefix = f"{name}." if name else ""
@@ -264,7 +264,9 @@ def local_update(
 
     if isinstance(batches, LocalData):
         data = batches if create_graph else LocalData(batches.x.detach(), batches.y.detach())
-        steps = [(data.x[idx], data.y[idx]) for idx in batch_schedule(len(data), recipe)]
+        # an unshuffled batch of every example is the data itself (no gather copy; the attacker's FedSGD replay)
+        steps = [(data.x, data.y) if not recipe.shuffle and len(idx) == len(data) else (data.x[idx], data.y[idx])
+                 for idx in batch_schedule(len(data), recipe)]
     else:
         steps = [(x, y) if create_graph else (x.detach(), y.detach()) for x, y in batches]
     if not steps:
@@ -273,7 +275,8 @@ def local_update(
         raise ValueError(f"gradient_only needs a one-step replay, got {len(steps)} steps")
 
     per_sample_tf, batch_tf = _reduce_transforms(recipe)
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    named = list(model.named_modules())  # walked once per call (the attacker calls this every iteration)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for _, m in named)
     if per_sample_tf and has_bn and recipe.bn_mode == "train":
         raise ValueError("per-sample gradient transforms (DP-SGD) need bn_mode='eval' or a model without "
                          "BatchNorm (use norm='group'); per-example gradients are undefined under batch statistics")
@@ -305,10 +308,14 @@ def local_update(
         return loss
     opt_state: TensorDict = {}
     records: list[StepRecord] = []
-    was_training = model.training
-    model.train()
+    # training mode for the call (dropout-like layers the patching below leaves alone), restored afterwards;
+    # nothing is set when every module is already training (model.train() walks and sets every module)
+    modes = [(m, m.training) for _, m in named]
+    switched = not all(mode for _, mode in modes)
+    if switched:
+        model.train()
     try:
-        with _functional_modules(model, recipe.bn_mode, sink, create_graph), noise_mod.noise_context(ctx):
+        with _functional_modules(named, recipe.bn_mode, sink, create_graph), noise_mod.noise_context(ctx):
             for t, (xb, yb) in enumerate(steps):
                 ctx.step = t
                 if per_sample_tf:  # the batch forward draws the step's noise; its gradient would be discarded
@@ -327,7 +334,8 @@ def local_update(
                 if not gradient_only:
                     params, opt_state = _optimizer_step(recipe, params, grads, opt_state, lr, t)
                 full_stats = {k: (*stats[k], counts[k]) for k in stats}
-                buffers = _running_update(model, buffers, full_stats)
+                if full_stats:
+                    buffers = _running_update(dict(named), buffers, full_stats)
                 if not create_graph:
                     params = {k: v.detach() for k, v in params.items()}
                     buffers = {k: v.detach() for k, v in buffers.items()}
@@ -337,7 +345,9 @@ def local_update(
                 records.append(StepRecord(loss=loss, lr=lr, batch_size=int(xb.shape[0]), bn_stats=stats,
                                           grads=grads if create_graph else None))
     finally:
-        model.train(was_training)
+        if switched:
+            for m, mode in modes:
+                m.training = mode
     return LocalResult(params=params, buffers=buffers, per_step=records,
                        noise={k: _escaped(v) for k, v in ctx.drawn.items()})
 

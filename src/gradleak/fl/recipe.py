@@ -147,7 +147,7 @@ def batch_schedule(num_examples: int, recipe: LocalRecipe) -> list[Tensor]:
     """
     if num_examples < 1:
         raise ValueError("a client needs at least one example to train")
-    rng = np.random.default_rng(recipe.seed)
+    rng = np.random.default_rng(recipe.seed) if recipe.shuffle else None
     per_epoch = num_examples // recipe.batch_size if recipe.drop_last else -(-num_examples // recipe.batch_size)
     if per_epoch == 0:
         raise ValueError(
@@ -156,7 +156,7 @@ def batch_schedule(num_examples: int, recipe: LocalRecipe) -> list[Tensor]:
     total = recipe.steps if recipe.steps is not None else per_epoch * recipe.epochs
     schedule: list[Tensor] = []
     while len(schedule) < total:
-        order = torch.from_numpy(rng.permutation(num_examples) if recipe.shuffle else np.arange(num_examples))
+        order = torch.from_numpy(rng.permutation(num_examples) if rng is not None else np.arange(num_examples))
         chunks: Sequence[Tensor] = order.split(recipe.batch_size)
         if recipe.drop_last and chunks[-1].numel() < recipe.batch_size:
             chunks = chunks[:-1]
