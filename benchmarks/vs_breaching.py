@@ -280,15 +280,21 @@ class Comparison:
         np.savez(exchange / f"case_{case}.npz", **arrays)
         return {"views": views, "images": images, "labels": labels, "attack_seed": attack_seed}
 
-    def run_gradleak(self, case: str, prepared: dict) -> dict:
+    def run_gradleak(self, case: str, prepared: dict, compiled: bool = False) -> dict:
+        """gradleak's attack of the case after a 3-iteration warm-up run. With ``compiled`` the attack runs with
+        ``compile=True``: the warm-up compiles (the first time per process and case shape; later rounds reuse
+        Dynamo's cache) and its time is reported as ``warmup_seconds``, outside ``wall_seconds``."""
         views = prepared["views"]
-        warm = dataclasses.replace(self.attack, iterations=3)
-        warm.attack_many(views, generator=torch.Generator().manual_seed(0))
+        attack = dataclasses.replace(self.attack, compile=compiled)
+        t0 = time.perf_counter()
+        dataclasses.replace(attack, iterations=3).attack_many(views, generator=torch.Generator().manual_seed(0))
+        warmup = time.perf_counter() - t0
         with _PeakRSS() as mem:
             t0 = time.perf_counter()
-            results = self.attack.attack_many(views, generator=torch.Generator().manual_seed(prepared["attack_seed"]))
+            results = attack.attack_many(views, generator=torch.Generator().manual_seed(prepared["attack_seed"]))
             wall = time.perf_counter() - t0
-        return {"wall_seconds": wall, "images": torch.stack([r.images for r in results]), **mem.summary()}
+        return {"wall_seconds": wall, "warmup_seconds": warmup, "images": torch.stack([r.images for r in results]),
+                **mem.summary()}
 
     def grade(self, case: str, images: torch.Tensor, prepared: dict) -> dict:
         from gradleak.audit import image_metrics
@@ -354,7 +360,8 @@ def compare(args: argparse.Namespace) -> None:
     if milestones["breaching"] != milestones["gradleak"]:
         print(f"warning: the step-decay milestones differ at {args.iterations} iterations: {milestones}")
     load = [os.getloadavg()]
-    rows: dict[str, dict[str, list[dict]]] = {c: {"gradleak": [], "breaching": []} for c in CASES}
+    variants = ["gradleak", "gradleak_compiled"] if args.compile else ["gradleak"]
+    rows: dict[str, dict[str, list[dict]]] = {c: {t: [] for t in ["breaching", *variants]} for c in CASES}
     breaching_meta: dict = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     started = time.perf_counter()
@@ -371,20 +378,26 @@ def compare(args: argparse.Namespace) -> None:
             # the two tools attack each case back to back (seconds apart, which tool first alternating), so that
             # the shared machine's drift in speed (up to 2x over minutes here) falls on both halves of a pair
             for index, case in enumerate(CASES):
-                tools = ["breaching", "gradleak"] if (round_ + index) % 2 == 0 else ["gradleak", "breaching"]
-                for tool in tools:
+                order = ["breaching", *variants]
+                shift = (round_ + index) % len(order)
+                for tool in order[shift:] + order[:shift]:
                     if tool == "breaching":
                         breaching_meta.update(_breaching_case(python, exchange, env, comparison, case,
                                                               prepared[case], rows))
                     else:
-                        out = comparison.run_gradleak(case, prepared[case])
+                        out = comparison.run_gradleak(case, prepared[case], compiled=tool == "gradleak_compiled")
                         images = out.pop("images")
-                        rows[case]["gradleak"].append({**out, **comparison.grade(case, images, prepared[case])})
+                        rows[case][tool].append({**out, **comparison.grade(case, images, prepared[case])})
             load.append(os.getloadavg())
             for case in CASES:
                 g, b = rows[case]["gradleak"][-1], rows[case]["breaching"][-1]
-                print(f"round {round_ + 1}/{args.repeats} {case:<11}: gradleak {g['wall_seconds']:7.2f} s "
-                      f"SSIM {g['ssim']:.3f} | breaching {b['wall_seconds']:7.2f} s SSIM {b['ssim']:.3f}", flush=True)
+                line = (f"round {round_ + 1}/{args.repeats} {case:<11}: gradleak {g['wall_seconds']:7.2f} s "
+                        f"SSIM {g['ssim']:.3f} | breaching {b['wall_seconds']:7.2f} s SSIM {b['ssim']:.3f}")
+                if args.compile:
+                    c = rows[case]["gradleak_compiled"][-1]
+                    line += (f" | compiled {c['wall_seconds']:7.2f} s (warm-up {c['warmup_seconds']:.1f} s) "
+                             f"SSIM {c['ssim']:.3f}")
+                print(line, flush=True)
     floor = _floor(args)
     load.append(os.getloadavg())
     summary = _summarise(args, rows, floor)
@@ -397,6 +410,9 @@ def compare(args: argparse.Namespace) -> None:
                        "iterations": args.iterations, "trials": args.trials, "labels": "known",
                        "init": "gaussian N(0,1) in normalised space, the same draw for both tools",
                        "client": "FedSGD, one step on the victim's batch (SGD lr 0.01); breaching gets -delta/lr"},
+            "compiled": ("gradleak_compiled: the same attack with compile=True (torch.compile, Inductor); "
+                         "wall_seconds exclude the warm-up run, which compiles the first time per process and "
+                         "case shape (warmup_seconds)") if args.compile else None,
             "model": {"name": MODEL[0], **MODEL[1]}, "dataset": "cifar10 test (shared/datasets/cifar10_test.npz)",
             "repeats": args.repeats,
             "cases": {c: {"victims": v, "images_per_victim": n} for c, (v, n) in CASES.items()}}
@@ -411,7 +427,7 @@ def _summarise(args: argparse.Namespace, rows: dict, floor: dict) -> dict:
     out: dict = {"cases": {}}
     for case, (victims, _n) in CASES.items():
         tools = {}
-        for tool in ("gradleak", "breaching"):
+        for tool in rows[case]:
             r = rows[case][tool]
             wall = _median(r, "wall_seconds")
             # iterations/s: optimisation steps per second of the whole case (16 victims: all victims' steps)
@@ -423,35 +439,24 @@ def _summarise(args: argparse.Namespace, rows: dict, floor: dict) -> dict:
                            "peak_rss_rise_mib_median": _median(r, "peak_rss_rise_mib"),
                            "ssim_mean": _mean(r, "ssim"), "psnr_mean": _mean(r, "psnr"),
                            "ssim_all": [x["ssim"] for x in r], "psnr_all": [x["psnr"] for x in r]}
-        g, b = tools["gradleak"], tools["breaching"]
-        step = floor[case]["plain_step_seconds"]
-        pairs = list(zip(g["wall_seconds_all"], b["wall_seconds_all"], strict=True))
-        ratios = {"speedup_gradleak_over_breaching": statistics.median(bw / gw for gw, bw in pairs),
-                  "wall_ratio_gradleak_to_breaching": statistics.median(gw / bw for gw, bw in pairs),
-                  # per round (the pair ran back to back) and, less robust to drift, the ratio of the medians
-                  "speedup_per_round": [bw / gw for gw, bw in pairs],
-                  "speedup_of_medians": b["wall_seconds_median"] / g["wall_seconds_median"],
-                  "wall_ratio_of_medians": g["wall_seconds_median"] / b["wall_seconds_median"],
-                  "ssim_gradleak_minus_breaching": g["ssim_mean"] - b["ssim_mean"],
-                  "psnr_gradleak_minus_breaching": g["psnr_mean"] - b["psnr_mean"],
-                  "plain_step_seconds": step,
-                  # per victim-iteration, over one plain step of that victim's batch
-                  "floor_ratio_gradleak": g["seconds_per_iteration"] / (victims * step),
-                  "floor_ratio_breaching": b["seconds_per_iteration"] / (victims * step),
-                  "floor_ratio_gradleak_bench_attacks": floor[case]["ratio_to_plain_steps"]}
-        if victims > 1:
-            ratios["floor_ratio_gradleak_stacked"] = g["seconds_per_iteration"] / floor[case][
-                "plain_stacked_step_seconds"]
-        out["cases"][case] = {**tools, "ratios": ratios}
+            if tool != "breaching":
+                tools[tool]["warmup_seconds_all"] = [x["warmup_seconds"] for x in r]
+        out["cases"][case] = {**tools, "ratios": _ratios(tools["gradleak"], tools["breaching"], floor[case],
+                                                         victims)}
+        if "gradleak_compiled" in tools:
+            out["cases"][case]["ratios_compiled"] = _ratios(tools["gradleak_compiled"], tools["breaching"],
+                                                            floor[case], victims)
     c = out["cases"]
     acceptance = {}
-    for b in ("b1", "b8"):
-        if f"single_{b}" in c:
-            r = c[f"single_{b}"]["ratios"]
-            acceptance[f"single_{b}_speedup_ge_2"] = r["speedup_gradleak_over_breaching"] >= 2
-            acceptance[f"single_{b}_ssim_not_lower_by_0.02"] = r["ssim_gradleak_minus_breaching"] >= -0.02
-    if "audit_16x1" in c:
-        acceptance["audit_wall_le_one_fifth"] = c["audit_16x1"]["ratios"]["wall_ratio_gradleak_to_breaching"] <= 0.2
+    for key, suffix in (("ratios", ""), ("ratios_compiled", "_compiled")):
+        for b in ("b1", "b8"):
+            if f"single_{b}" in c and key in c[f"single_{b}"]:
+                r = c[f"single_{b}"][key]
+                acceptance[f"single_{b}_speedup_ge_2{suffix}"] = r["speedup_gradleak_over_breaching"] >= 2
+                acceptance[f"single_{b}_ssim_not_lower_by_0.02{suffix}"] = r["ssim_gradleak_minus_breaching"] >= -0.02
+        if "audit_16x1" in c and key in c["audit_16x1"]:
+            acceptance[f"audit_wall_le_one_fifth{suffix}"] = (
+                c["audit_16x1"][key]["wall_ratio_gradleak_to_breaching"] <= 0.2)
     if "single_b8" in c and args.trials == 1:
         acceptance["floor_cnn_b8_le_4"] = c["single_b8"]["ratios"]["floor_ratio_gradleak"] <= 4
     if "resnet18_b8" in floor:
@@ -461,20 +466,50 @@ def _summarise(args: argparse.Namespace, rows: dict, floor: dict) -> dict:
     return out
 
 
+def _ratios(g: dict, b: dict, floor: dict, victims: int) -> dict:
+    """gradleak (one variant) against breaching on one case."""
+    step = floor["plain_step_seconds"]
+    pairs = list(zip(g["wall_seconds_all"], b["wall_seconds_all"], strict=True))
+    ratios = {"speedup_gradleak_over_breaching": statistics.median(bw / gw for gw, bw in pairs),
+              "wall_ratio_gradleak_to_breaching": statistics.median(gw / bw for gw, bw in pairs),
+              # per round (the pair ran back to back) and, less robust to drift, the ratio of the medians
+              "speedup_per_round": [bw / gw for gw, bw in pairs],
+              "speedup_of_medians": b["wall_seconds_median"] / g["wall_seconds_median"],
+              "wall_ratio_of_medians": g["wall_seconds_median"] / b["wall_seconds_median"],
+              "ssim_gradleak_minus_breaching": g["ssim_mean"] - b["ssim_mean"],
+              "psnr_gradleak_minus_breaching": g["psnr_mean"] - b["psnr_mean"],
+              "plain_step_seconds": step,
+              # per victim-iteration, over one plain step of that victim's batch
+              "floor_ratio_gradleak": g["seconds_per_iteration"] / (victims * step),
+              "floor_ratio_breaching": b["seconds_per_iteration"] / (victims * step),
+              "floor_ratio_gradleak_bench_attacks": floor["ratio_to_plain_steps"]}
+    if victims > 1:
+        ratios["floor_ratio_gradleak_stacked"] = g["seconds_per_iteration"] / floor["plain_stacked_step_seconds"]
+    return ratios
+
+
 def _print_summary(summary: dict) -> None:
-    print("\ncase         tool       it/s    wall s   peak rise MiB   SSIM    PSNR   floor ratio")
+    print("\ncase         tool               it/s    wall s   peak rise MiB   SSIM    PSNR   floor ratio")
     for case, c in summary["cases"].items():
-        for tool in ("gradleak", "breaching"):
+        for tool in [t for t in ("gradleak", "gradleak_compiled", "breaching") if t in c]:
             t = c[tool]
-            print(f"{case:<12} {tool:<9} {t['iterations_per_second']:7.2f} {t['wall_seconds_median']:8.2f} "
+            floor = (c["ratios"]["floor_ratio_breaching"] if tool == "breaching" else
+                     c["ratios" if tool == "gradleak" else "ratios_compiled"]["floor_ratio_gradleak"])
+            print(f"{case:<12} {tool:<17} {t['iterations_per_second']:7.2f} {t['wall_seconds_median']:8.2f} "
                   f"{t['peak_rss_rise_mib_median']:14.1f} {t['ssim_mean']:7.3f} {t['psnr_mean']:7.2f} "
-                  f"{c['ratios'][f'floor_ratio_{tool}']:8.2f}")
-        r = c["ratios"]
-        rounds = ", ".join(f"{x:.2f}" for x in r["speedup_per_round"])
-        print(f"{'':12} gradleak/breaching: speed x{r['speedup_gradleak_over_breaching']:.2f} (median of the rounds' "
-              f"pairs: {rounds}; of the medians x{r['speedup_of_medians']:.2f}), wall "
-              f"{r['wall_ratio_gradleak_to_breaching']:.3f}, SSIM {r['ssim_gradleak_minus_breaching']:+.3f}, "
-              f"PSNR {r['psnr_gradleak_minus_breaching']:+.2f} dB")
+                  f"{floor:8.2f}")
+        for key, label in (("ratios", "gradleak"), ("ratios_compiled", "compiled")):
+            if key not in c:
+                continue
+            r = c[key]
+            rounds = ", ".join(f"{x:.2f}" for x in r["speedup_per_round"])
+            print(f"{'':12} {label}/breaching: speed x{r['speedup_gradleak_over_breaching']:.2f} (median of the "
+                  f"rounds' pairs: {rounds}; of the medians x{r['speedup_of_medians']:.2f}), wall "
+                  f"{r['wall_ratio_gradleak_to_breaching']:.3f}, SSIM {r['ssim_gradleak_minus_breaching']:+.3f}, "
+                  f"PSNR {r['psnr_gradleak_minus_breaching']:+.2f} dB")
+        if "gradleak_compiled" in c:
+            warm = c["gradleak_compiled"]["warmup_seconds_all"]
+            print(f"{'':12} compiled warm-up (compilation) per round: {', '.join(f'{w:.1f}' for w in warm)} s")
     if "resnet18_b8_floor_ratio_gradleak" in summary:
         print(f"ResNet-18 batch 8 floor ratio (gradleak): {summary['resnet18_b8_floor_ratio_gradleak']:.2f}")
     for name, ok in summary["acceptance"].items():
@@ -499,6 +534,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="30 iterations, 1 repeat, no ResNet-18 floor")
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(CASES), help="cases to run")
     parser.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 floor measurement")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip gradleak's compiled variant (compile=True)")
     args = parser.parse_args()
     for case in [c for c in CASES if c not in args.cases]:
         del CASES[case]

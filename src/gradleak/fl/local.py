@@ -31,7 +31,7 @@ from torch.func import functional_call, grad, vmap
 from gradleak.fl import noise as noise_mod
 from gradleak.fl.recipe import LocalRecipe, batch_schedule
 
-__all__ = ["LocalData", "LocalResult", "StepRecord", "local_update", "model_state"]
+__all__ = ["LocalData", "LocalResult", "StepRecord", "bind_functional", "local_update", "model_state"]
 
 TensorDict = dict[str, Tensor]
 _ADAM_SQRT_FLOOR = 1e-30  # keeps d sqrt(v)/dv finite at v = 0 for double backward; changes no value > 1e-15
@@ -92,9 +92,17 @@ class _StatCollector(dict):
     """BatchNorm layer name -> (batch mean, biased batch variance, elements per channel) of one forward."""
 
 
-def _bn_forward(module: nn.modules.batchnorm._BatchNorm, name: str, mode: str, sink: _StatCollector,
-                differentiable: bool):
+# the active local-training call's BatchNorm mode, statistics sink and differentiability, innermost last (read
+# by the functional forwards below; a list, not a ContextVar, so that torch.compile can trace local training)
+_CALLS: list[tuple[str, _StatCollector, bool]] = []
+_MARK = "_gradleak_functional"  # set on modules whose functional forward stays installed (bind_functional)
+
+
+def _bn_forward(module: nn.modules.batchnorm._BatchNorm, name: str):
     def forward(x: Tensor) -> Tensor:
+        if not _CALLS:  # outside local training (a bound module used for inference)
+            return type(module).forward(module, x)
+        mode, sink, differentiable = _CALLS[-1]
         use_batch = mode == "train" or not module.track_running_stats
         if not use_batch:
             return F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias,
@@ -114,8 +122,8 @@ def _bn_forward(module: nn.modules.batchnorm._BatchNorm, name: str, mode: str, s
 def _dropout_forward(module: nn.Dropout, name: str):
     def forward(x: Tensor) -> Tensor:
         p = module.p
-        if p == 0.0:
-            return x
+        if p == 0.0 or not _CALLS:
+            return type(module).forward(module, x)
         keep = 1.0 - p
         mask = noise_mod.draw(
             name, lambda g: torch.bernoulli(torch.full(x.shape, keep, dtype=x.dtype, device=x.device), generator=g)
@@ -125,23 +133,49 @@ def _dropout_forward(module: nn.Dropout, name: str):
     return forward
 
 
+def _functional_forward(name: str, module: nn.Module):
+    """The functional forward ``module`` needs inside local training, or ``None``."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return _bn_forward(module, name)
+    if isinstance(module, nn.Dropout) and module.p > 0:  # p = 0 draws nothing: left alone
+        return _dropout_forward(module, name)
+    return None
+
+
+def bind_functional(model: nn.Module) -> nn.Module:
+    """Install the functional BatchNorm and dropout forwards of :func:`local_update` in ``model`` for good.
+
+    :func:`local_update` otherwise installs them for the duration of each call and removes them afterwards;
+    an attacker that replays training thousands of times on its own copy of the model binds them once, and
+    ``torch.compile`` can then trace the replay (it cannot trace the per-call patching). Outside local training
+    the bound modules behave as before. Returns ``model`` (modified in place: use it on a private copy).
+    """
+    for name, module in model.named_modules():
+        forward = _functional_forward(name, module)
+        if forward is not None:
+            module.forward = forward
+            setattr(module, _MARK, True)
+    return model
+
+
 @contextmanager
 def _functional_modules(named: Sequence[tuple[str, nn.Module]], bn_mode: str, sink: _StatCollector,
                         differentiable: bool) -> Iterator[None]:
     """Give BatchNorm and dropout modules (of a model's ``named_modules()``) functional forwards for the
-    duration of the block."""
+    duration of the block (modules bound by :func:`bind_functional` keep theirs)."""
     patched: list[nn.Module] = []
+    _CALLS.append((bn_mode, sink, differentiable))
     try:
         for name, module in named:
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.forward = _bn_forward(module, name, bn_mode, sink, differentiable)
-            elif isinstance(module, nn.Dropout):
-                module.forward = _dropout_forward(module, name)
-            else:
+            if getattr(module, _MARK, False):
                 continue
-            patched.append(module)
+            forward = _functional_forward(name, module)
+            if forward is not None:
+                module.forward = forward
+                patched.append(module)
         yield
     finally:
+        _CALLS.pop()
         for module in patched:
             del module.forward
 
@@ -375,6 +409,8 @@ def _escaped(t: Tensor) -> Tensor:
     """The plain tensor inside a wrapper that escaped a finished ``torch.func`` transform (noise sampled inside
     ``grad`` is wrapped at that level; once the transform has returned the wrapper is dead and only confuses
     printing and serialisation). Live tensors, and tensors that carry an attacker's graph, are returned as is."""
+    if torch.compiler.is_compiling():  # traced tensors are never dead wrappers (and Dynamo cannot ask)
+        return t
     while torch._C._functorch.is_functorch_wrapped_tensor(t) and torch._C._functorch.maybe_get_level(t) < 0:
         t = torch._C._functorch.get_unwrapped(t)
     return t

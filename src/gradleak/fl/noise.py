@@ -11,7 +11,6 @@ Keys are ``"<name>@<step>"``; an injected key without ``@`` applies to every ste
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -22,7 +21,9 @@ __all__ = ["NoiseContext", "add_loss", "current", "draw", "noise_context"]
 
 Sampler = Callable[[torch.Generator | None], Tensor]
 
-_CURRENT: contextvars.ContextVar[NoiseContext | None] = contextvars.ContextVar("gradleak_noise", default=None)
+# the active contexts, innermost last: a plain list rather than a ContextVar, so that torch.compile can trace
+# local training (Dynamo cannot trace ContextVar.set); local training runs one call at a time per process
+_ACTIVE: list[NoiseContext] = []
 
 
 class NoiseContext:
@@ -61,13 +62,12 @@ class NoiseContext:
 
 def current() -> NoiseContext | None:
     """The active noise context, if local training is running."""
-    return _CURRENT.get()
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def draw(name: str, sampler: Sampler) -> Tensor:
     """Noise for ``name`` from the active context; outside local training, sampled from the global RNG."""
-    ctx = _CURRENT.get()
-    return sampler(None) if ctx is None else ctx.draw(name, sampler)
+    return _ACTIVE[-1].draw(name, sampler) if _ACTIVE else sampler(None)
 
 
 def add_loss(value: Tensor) -> None:
@@ -75,16 +75,15 @@ def add_loss(value: Tensor) -> None:
 
     Outside local training (plain inference) the term is dropped.
     """
-    ctx = _CURRENT.get()
-    if ctx is not None:
-        ctx.losses.append(value)
+    if _ACTIVE:
+        _ACTIVE[-1].losses.append(value)
 
 
 @contextmanager
 def noise_context(ctx: NoiseContext) -> Iterator[NoiseContext]:
     """Make ``ctx`` the active context for the duration of the block."""
-    token = _CURRENT.set(ctx)
+    _ACTIVE.append(ctx)
     try:
         yield ctx
     finally:
-        _CURRENT.reset(token)
+        _ACTIVE.pop()
