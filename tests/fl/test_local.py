@@ -10,6 +10,7 @@ from torch import nn
 from torch.func import vmap
 
 from gradleak.fl import LocalData, LocalRecipe, batch_schedule, local_update, model_state
+from gradleak.fl.local import bind_functional
 
 
 def small_bn_net(in_ch: int = 1, classes: int = 3, momentum: float | None = 0.1, dropout: float = 0.0) -> nn.Module:
@@ -284,3 +285,36 @@ def test_per_sample_transform_refuses_batchnorm_in_train_mode() -> None:
     with pytest.raises(ValueError, match="per-sample"):
         local_update(small_bn_net(), None, None, make_data(),
                      LocalRecipe(batch_size=4, step_transforms=(_ClipMean(1.0),)))
+
+
+def test_bound_functional_forwards_train_the_same_and_behave_outside() -> None:
+    torch.manual_seed(5)
+    model = small_bn_net(dropout=0.5)
+    data = make_data()
+    recipe = LocalRecipe(batch_size=5, seed=0)  # 4 steps, BatchNorm in training mode, dropout
+    params, buffers = model_state(model)
+    plain = local_update(model, params, buffers, data, recipe, generator=torch.Generator().manual_seed(9))
+    bound = bind_functional(copy.deepcopy(model))
+    assert all("forward" in vars(m) for m in bound.modules() if isinstance(m, (nn.BatchNorm2d, nn.Dropout)))
+    out = local_update(bound, params, buffers, data, recipe, generator=torch.Generator().manual_seed(9))
+    for k in plain.params:
+        assert torch.equal(out.params[k], plain.params[k])
+    for k in plain.buffers:
+        assert torch.equal(out.buffers[k], plain.buffers[k])
+    assert all(torch.equal(out.noise[k], plain.noise[k]) for k in plain.noise)
+    assert "forward" not in vars(model[1])  # the unbound model was patched for the call only
+    # outside local training a bound module is the plain module (eval and train mode, running stats updated)
+    x = data.x[:6]
+    for train in (False, True):
+        reference, twin = copy.deepcopy(model).train(train), copy.deepcopy(bound).train(train)
+        torch.manual_seed(1)
+        expected = reference(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(twin[1].running_mean, reference[1].running_mean, rtol=0, atol=0)
+    # a deep copy of a bound model computes with its own BatchNorm (not the original's)
+    twin = copy.deepcopy(bound).eval()
+    with torch.no_grad():
+        twin[1].weight.mul_(2.0)
+    assert twin[1].forward.__self__ is twin[1]
+    assert not torch.equal(twin(x), bound.eval()(x))

@@ -186,10 +186,10 @@ class ReplayAttack(Attack):
         backward for small feature maps. ``False`` keeps ``nn.Conv2d``.
     compile
         Compile each iteration (the replay, the objective and their gradient) with :func:`torch.compile`
-        (Inductor; on a CPU it needs a C++ compiler). It costs a one-off compilation, per process and model
-        architecture and shape (5–40 s for the small CNN on this project's 2-core machine), and then runs an
-        iteration of the small CNN about twice as fast on a CPU (one image 4.3 → 2.2 ms, a batch of 8
-        13.0 → 7.4 ms; benchmarks/results/vs_breaching_profile.md): worth it for long attacks (thousands of
+        (Inductor; on a CPU it needs a C++ compiler). It costs a one-off compilation per process and model
+        architecture and shape (6–36 s for the small CNN on this project's 2-core machine), and then attacks
+        with the small CNN run 2.7× faster at batch 1, 1.75× at batch 8 and 1.8× for 16 vectorised victims on a
+        CPU (benchmarks/results/vs_breaching_profile.md, run 8): worth it for long attacks (thousands of
         iterations). Results agree with the eager iteration to rounding (Inductor fuses and reorders float
         arithmetic). Stochastic layers the attacker does not know draw their noise from Inductor's generator.
     """

@@ -19,6 +19,7 @@ A BatchNorm module called more than once per forward is not supported (its last 
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,38 +100,38 @@ _MARK = "_gradleak_functional"  # set on modules whose functional forward stays 
 
 
 def _bn_forward(module: nn.modules.batchnorm._BatchNorm, name: str):
-    def forward(x: Tensor) -> Tensor:
+    def forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
         if not _CALLS:  # outside local training (a bound module used for inference)
-            return type(module).forward(module, x)
+            return type(self).forward(self, x)
         mode, sink, differentiable = _CALLS[-1]
-        use_batch = mode == "train" or not module.track_running_stats
+        use_batch = mode == "train" or not self.track_running_stats
         if not use_batch:
-            return F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias,
-                                False, 0.0, module.eps)
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         # native kernel, batch statistics, no running-stat writes (vmap- and double-backward-safe)
-        out = F.batch_norm(x, None, None, module.weight, module.bias, True, 0.0, module.eps)
-        if module.track_running_stats and mode == "train":
+        out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        if self.track_running_stats and mode == "train":
             dims = [0, *range(2, x.dim())]
             with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
                 var, mean = torch.var_mean(x, dims, correction=0)
             sink[name] = (mean, var, x.numel() // x.shape[1])
         return out
 
-    return forward
+    # a method of the module, not a closure over it: a deep copy of a bound module calls its own copy
+    return types.MethodType(forward, module)
 
 
 def _dropout_forward(module: nn.Dropout, name: str):
-    def forward(x: Tensor) -> Tensor:
-        p = module.p
+    def forward(self: nn.Dropout, x: Tensor) -> Tensor:
+        p = self.p
         if p == 0.0 or not _CALLS:
-            return type(module).forward(module, x)
+            return type(self).forward(self, x)
         keep = 1.0 - p
         mask = noise_mod.draw(
             name, lambda g: torch.bernoulli(torch.full(x.shape, keep, dtype=x.dtype, device=x.device), generator=g)
         )
         return x * mask / keep
 
-    return forward
+    return types.MethodType(forward, module)
 
 
 def _functional_forward(name: str, module: nn.Module):
