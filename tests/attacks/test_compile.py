@@ -80,3 +80,24 @@ def test_compile_without_a_cpp_compiler_is_refused(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(AttackError, match="C\\+\\+ compiler"):
         InvertingGradients(iterations=1, compile=True).problem([view])
+
+
+def test_a_failing_compilation_falls_back_to_the_eager_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y, mean, std = mnist(1)
+    torch.manual_seed(0)
+    view = client_view(create_model("cnn", in_channels=1), x, y, LocalRecipe(lr=0.01, steps=1, batch_size=1),
+                       mean=mean, std=std)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no backend here")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    attack = InvertingGradients(iterations=5, signed=False)
+    eager = attack(view, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(RuntimeWarning, match="no backend here"):
+        fallen = dataclasses.replace(attack, compile=True)(view, generator=torch.Generator().manual_seed(3))
+    # the fallback is the torch.func route of the same iteration: the same images to rounding
+    torch.testing.assert_close(fallen.images, eager.images, rtol=0, atol=1e-5)

@@ -31,6 +31,7 @@ import dataclasses
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -93,6 +94,23 @@ def _check_compiler(device: torch.device) -> None:
                                                                      "clang++") if c):
         raise AttackError("compile=True on a CPU needs a C++ compiler for torch.compile (g++ or clang++ on the "
                           "PATH, or $CXX); install one or set compile=False")
+
+
+def _falling_back(compiled: Callable, eager: Callable) -> Callable:
+    """``compiled``, or ``eager`` (with a warning saying why) from the first call on which compiling fails."""
+    chosen = [compiled]
+
+    def call(values: TensorDict) -> tuple[Tensor, TensorDict]:
+        if chosen[0] is eager:
+            return eager(values)
+        try:
+            return compiled(values)
+        except Exception as err:  # a model or platform Inductor cannot compile; the eager iteration is the same
+            warnings.warn(f"compile=True: torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
+                          "running the eager iteration instead", RuntimeWarning, stacklevel=2)
+            chosen[0] = eager
+            return eager(values)
+    return call
 
 
 def _identity(leaves: TensorDict) -> TensorDict:
@@ -192,6 +210,8 @@ class ReplayAttack(Attack):
         CPU (benchmarks/results/vs_breaching_profile.md, run 8): worth it for long attacks (thousands of
         iterations). Results agree with the eager iteration to rounding (Inductor fuses and reorders float
         arithmetic). Stochastic layers the attacker does not know draw their noise from Inductor's generator.
+        Where compiling fails (a model or platform Inductor cannot handle), the attack warns and runs the
+        eager iteration; without a C++ compiler on a CPU it is refused up front.
     """
 
     iterations: int = 1000
@@ -521,7 +541,8 @@ class ReplayAttack(Attack):
             _check_compiler(device)
             # cpp_wrapper: Inductor calls its kernels from C++, not Python (one image 2.71 -> 2.32 ms an
             # iteration, a batch of 8 7.49 -> 7.04 ms; interleaved in one process, 1 thread)
-            value_and_grad = torch.compile(transformed_value_and_grad, options={"cpp_wrapper": True})
+            value_and_grad = _falling_back(torch.compile(transformed_value_and_grad, options={"cpp_wrapper": True}),
+                                           transformed_value_and_grad)
         return _Problem(self, tuple(views), shape, joint, labels, objective, value_and_grad, project, device, dtype,
                         tg)
 
