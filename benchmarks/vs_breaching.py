@@ -13,20 +13,24 @@ breaching attacks one after another and gradleak in one vectorised run (``Invert
 Per case and tool: iterations/s, wall time, peak memory (resident set sampled during the attack, and its rise
 over the case's start), mean PSNR/SSIM of the reconstructions against the originals, graded by gradleak's
 ``gradleak.audit.image_metrics`` for both tools; medians of ``--repeats`` rounds (each round: new victims and
-seeds; in each round the two tools attack a case back to back, alternating which goes first, and the speed ratio
-is the median over the rounds of these pairs' ratios, robust to the machine's speed drifting between pairs).
+seeds; in each round the tools attack a case back to back, rotating which goes first, and the speed ratio is
+the median over the rounds of these pairs' ratios, robust to the machine's speed drifting between pairs).
+gradleak runs twice per case: as configured (eager) and with ``compile=True`` (``gradleak_compiled``, its
+``ratios_compiled`` and ``*_compiled`` acceptance keys; ``--no-compile`` skips it). Every gradleak run follows a
+3-iteration warm-up run outside its wall time; for the compiled variant the warm-up compiles (first time per
+process and case shape) and its time is reported as ``warmup_seconds``.
 Plus the physical-floor ratio per case: one attack iteration over one plain forward + backward training step of
 the same model and batch; the plain step and gradleak's own iteration are measured by
 ``benchmarks/bench_attacks.py``'s ``bench`` (reused, not copied), and breaching's measured iteration time is
 divided by the same plain step.
 
-Both tools run single-threaded (``--threads``), one after the other, never at once.
+The tools run single-threaded (``--threads``), one after the other, never at once.
 
 Usage::
 
     make bench-breaching                      # creates .venv-breaching, then runs this script
     .venv/bin/python benchmarks/vs_breaching.py [--iterations 300] [--repeats 3] [--quick] [--threads 1]
-        [--trials 1] [--cases single_b1 single_b8 audit_16x1] [--no-resnet] [--output PATH]
+        [--trials 1] [--cases single_b1 single_b8 audit_16x1] [--no-resnet] [--no-compile] [--output PATH]
 
 writes ``benchmarks/results/vs_breaching_cpu.json``. The breaching half runs as
 ``.venv-breaching/bin/python benchmarks/vs_breaching.py --tool breaching --exchange DIR``; the two processes

@@ -7,7 +7,8 @@ input images, soft labels and injected noise when ``create_graph=True``, and it 
 
 - gradients come from :func:`torch.func.grad` whenever a transform is active (``torch.autograd.grad`` only
   when none is, where both give the same numbers);
-- BatchNorm and dropout modules are temporarily given functional forwards: BatchNorm normalises with the
+- BatchNorm and dropout modules are given functional forwards for the call (or once for good, on an
+  attacker's private copy: :func:`bind_functional`): BatchNorm normalises with the
   batch's biased statistics and *returns* them, and the new running statistics are computed out of place
   with PyTorch's exact rule (momentum, unbiased variance, cumulative average when ``momentum=None``,
   ``num_batches_tracked + 1``); dropout draws its mask from :mod:`gradleak.fl.noise`;
