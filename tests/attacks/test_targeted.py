@@ -10,7 +10,7 @@ from gradleak.attacks import ATTACKS, CDIA, DIA, DPIA, GPIA, PIG, VBIA, WIIG, In
 from gradleak.attacks.base import AttackError
 from gradleak.attacks.optimize import OptimizerConfig, minimize
 from gradleak.audit import image_metrics, simulate_and_attack
-from gradleak.defenses import CVB, DPSGD, DropoutDefense, StepPrune
+from gradleak.defenses import CVB, DPSGD, PRECODE, DropoutDefense, StepPrune
 from gradleak.defenses.functional import prune_by_magnitude
 from gradleak.fl import LocalData, LocalRecipe, local_update
 from gradleak.models import create_model
@@ -113,12 +113,24 @@ def test_dia_masks_stay_in_the_unit_interval_and_move() -> None:
     assert set(start.unique().tolist()) <= {0.0, 1.0} and 0.5 < float(start.mean()) < 0.95
 
 
-def test_pig_ignores_the_bottleneck_parameters() -> None:
+def test_pig_ignores_the_decoder_and_every_later_layer() -> None:
+    # the authors' released CNN+CVB "ignore" config leaves out 'decoder', '1.conv', '2.conv' and the classifier
     views, _, _ = views_of([CVB()], n=1)
     model = views[0].build_model()
     tg = PIG().targeting(views, model, views[0].recipe, 1)
-    assert tg.ignore == {k for k, _ in model.named_parameters() if k.startswith("features.block1.cvb.")}
-    assert len(tg.ignore) == 3  # mu, sigma and decoder weights (no biases, as released)
+    kept = [k for k, _ in model.named_parameters() if k not in tg.ignore]
+    assert kept == ["features.block1.block.conv.weight", "features.block1.block.conv.bias",
+                    "features.block1.cvb.mu.weight", "features.block1.cvb.sigma.weight"]
+    # PRECODE sits before the classifier: only its decoder and the classifier are stochastic
+    views, _, _ = views_of([PRECODE()], n=1)
+    model = views[0].build_model()
+    assert PIG().targeting(views, model, views[0].recipe, 1).ignore == {
+        "classifier.precode.decoder.weight", "classifier.precode.decoder.bias",
+        "classifier.linear.weight", "classifier.linear.bias"}
+    # without a bottleneck there is nothing to leave out
+    views, _, _ = views_of(["dropout"], n=1)
+    with pytest.raises(AttackError, match="variational bottleneck"):
+        PIG().targeting(views, views[0].build_model(), views[0].recipe, 1)
 
 
 def test_targeted_vectorised_equals_looped() -> None:

@@ -14,7 +14,8 @@ priors and defaults) plus a :class:`~gradleak.attacks.replay.Targeting` of the r
 - ``wiig``: the client's true randomness (``view.extra["noise"]``, threat ``"well-informed"``) is injected.
 - ``dia``: the dropout masks are optimised with the images, initialised Bernoulli(1 - p), clipped to [0, 1],
   with the mask-rate regulariser ``mask_reg · |mean(ψ) - (1 - p)|`` per dropout layer.
-- ``pig``: the gradients of the stochastic layers (the variational bottleneck's parameters) are left out.
+- ``pig``: the stochastic gradients are left out: those of the variational bottleneck's decoder and of every
+  layer after it (:func:`after_bottleneck`; the layers before it and its encoder are matched).
 - ``gpia``: the client's pruning mask, the non-zeros of the received update, multiplies the dummy update;
   the replay does not prune by the dummy's own magnitudes. Exact for one local step (with several steps,
   the received zeros are those of the last step's pruning combined with the earlier updates).
@@ -55,7 +56,7 @@ from gradleak.fl.local import LocalData, local_update
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.records import ServerView
 
-__all__ = ["CDIA", "DIA", "DPIA", "GPIA", "PIG", "VBIA", "WIIG", "TargetedAttack", "noise_shapes"]
+__all__ = ["CDIA", "DIA", "DPIA", "GPIA", "PIG", "VBIA", "WIIG", "TargetedAttack", "after_bottleneck", "noise_shapes"]
 
 TensorDict = dict[str, Tensor]
 COMPONENTS = ("dropout", "bottleneck", "pruning", "dp-noise", "dp-mean", "true-noise", "ignore")
@@ -63,14 +64,52 @@ COMPONENTS = ("dropout", "bottleneck", "pruning", "dp-noise", "dp-mean", "true-n
 
 def noise_shapes(model: nn.Module, view: ServerView, recipe: LocalRecipe, n: int) -> dict[str, torch.Size]:
     """Keys and shapes of the noise the client's modules draw in ``recipe`` (a replay on a blank batch)."""
+    return _blank_replay(model, view, recipe, n)[0]
+
+
+def after_bottleneck(model: nn.Module, view: ServerView, recipe: LocalRecipe, n: int) -> frozenset[str]:
+    """Parameters whose gradients the variational bottleneck makes stochastic (Scheliga et al. 2024b): the
+    bottleneck's decoder and every layer that runs after it, in the order of a blank replay's forward pass.
+
+    The layers before the bottleneck and its encoder (μ, σ) are kept, as in the authors' released "ignore"
+    attack (their CNN+CVB config leaves out ``decoder`` and the later conv and linear layers). With several
+    bottlenecks the first decoder to run decides. Empty when the model has no bottleneck.
+    """
+    order = _blank_replay(model, view, recipe, n)[1]
+    decoders = [f"{name}.decoder" for name, m in model.named_modules() if isinstance(m, _Bottleneck)]
+    starts = [order[d] for d in decoders if d in order]
+    if not starts:
+        return frozenset()
+    first = min(starts)
+    return frozenset(f"{name}.{p}" if name else p for name, m in model.named_modules() if order.get(name, -1) >= first
+                     for p, _ in m.named_parameters(recurse=False))
+
+
+def _blank_replay(model: nn.Module, view: ServerView, recipe: LocalRecipe, n: int
+                  ) -> tuple[dict[str, torch.Size], dict[str, int]]:
+    """One replay of ``recipe`` on a blank batch: the noise keys and shapes it draws, and the position of each
+    module holding parameters of its own in the order of their first forward call."""
     state = view.global_state
     like = next(iter(state.params.values()))
     x = torch.zeros(n, *view.image_shape, dtype=like.dtype, device=like.device)
     y = torch.zeros(n, dtype=torch.long, device=like.device)
-    with torch.no_grad():
-        out = local_update(model, state.params, state.buffers, LocalData(x, y), recipe,
-                           generator=torch.Generator().manual_seed(0))
-    return {k: v.shape for k, v in out.noise.items()}
+    order: dict[str, int] = {}
+
+    def seen(name: str):
+        def hook(_module: nn.Module, _args: object) -> None:
+            order.setdefault(name, len(order))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(seen(name)) for name, m in model.named_modules()
+             if any(True for _ in m.parameters(recurse=False))]
+    try:
+        with torch.no_grad():
+            out = local_update(model, state.params, state.buffers, LocalData(x, y), recipe,
+                               generator=torch.Generator().manual_seed(0))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.shape for k, v in out.noise.items()}, order
 
 
 def _base(key: str) -> str:
@@ -167,11 +206,9 @@ class TargetedAttack(InvertingGradients):
         if "pruning" in parts:
             masks = [{k: (d != 0).to(d.dtype) for k, d in v.update.delta.items()} for v in views]
         if "ignore" in parts:
-            ignore = frozenset(k for k, _ in model.named_parameters()
-                               if any(k.startswith(f"{name}.") for name, m in modules.items()
-                                      if isinstance(m, _Bottleneck)))
+            ignore = after_bottleneck(model, views[0], recipe, n)
             if not ignore:
-                raise AttackError("pig ignores the variational bottleneck's gradients and the model has none")
+                raise AttackError("pig ignores the gradients after a variational bottleneck and the model has none")
 
         def inject(z: TensorDict) -> TensorDict:
             return {k: v * scales[k] if k in scales else v for k, v in z.items()}
@@ -229,8 +266,9 @@ class DIA(TargetedAttack):
 @ATTACKS.register("pig")
 @dataclass(frozen=True)
 class PIG(TargetedAttack):
-    """Partial Inverting Gradients, the "ignore" attack (Scheliga et al. 2024b): the variational bottleneck's
-    gradients are left out of the gradient distance."""
+    """Partial Inverting Gradients, the "ignore" attack (Scheliga et al. 2024b): the gradients the variational
+    bottleneck makes stochastic, its decoder's and those of every later layer, are left out of the gradient
+    distance (:func:`after_bottleneck`)."""
 
     name: ClassVar[str] = "pig"
 
