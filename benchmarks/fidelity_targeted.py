@@ -12,7 +12,8 @@ Sections (``--only`` picks some; run them in separate processes and merge with `
   inverting-gradients are the ablation's single-defense rows (cdia on one defense is that attack).
 - ``ablation``: Table 4's 24 combinations DO × DP × GP × {none, PRECODE, CVB} under ``cdia``.
 - ``long``: the acceptance comparisons (gpia/IG at 0.9, vbia/pig, dia/IG, cdia on DP+PM) at
-  ``--long-iterations``.
+  ``--long-iterations``, and pig/vbia/cdia with DP on PRECODE placed after the first conv block (``PRECODE*``,
+  the placement Scheliga et al. 2024b recommend).
 - ``utility``: test accuracy of the FL model trained with each combination (the ``combined-defenses`` preset,
   shortened for CPU: ``--clients-images`` images per client, ``--rounds`` rounds, ``--test-images`` test images).
 
@@ -54,6 +55,8 @@ from gradleak.models import create_model
 RESULTS = Path(__file__).parent / "results"
 ATTACK = {"restarts": 1, "signed": False, "lr": 1.0, "tv": 3e-3}
 PRUNE_90 = {"name": "prune", "options": {"rate": 0.9}}
+#: PRECODE after the first conv block (the placement Scheliga et al. 2024b recommend), not before the classifier
+EARLY_PRECODE = {"name": "precode", "options": {"after": "features.block1", "features": 16 * 14 * 14}}
 
 #: (table, attack, defenses, threat). cdia on one defense *is* the single attack (dia on dropout, vbia on
 #: PRECODE/CVB, gpia on pruning, inverting-gradients with none), so those rows are read from the ablation.
@@ -81,6 +84,9 @@ LONG = [
     ("DO", "dia", ["dropout"], "honest"),
     ("T4 DP+CVB", "cdia", ["dp-sgd", "cvb"], "honest"),
     ("T4 DP+PRECODE", "cdia", ["dp-sgd", "precode"], "honest"),
+    ("T3 PRECODE*", "pig", [EARLY_PRECODE], "honest"),
+    ("T3 PRECODE*", "vbia", [EARLY_PRECODE], "honest"),
+    ("T4 DP+PRECODE*", "cdia", ["dp-sgd", EARLY_PRECODE], "honest"),
 ]
 FROM_ABLATION = {"none": ("undefended", "inverting-gradients (= cdia)"), "DP": ("T1 DP", "cdia (IG, mean noise)"),
                  "GP": ("T2 GP 0.5", "gpia (= cdia)"), "PRECODE": ("T3 PRECODE", "vbia (= cdia)"),
@@ -237,13 +243,21 @@ def tables(results: dict[str, Any]) -> str:
         out.append(f"Acceptance comparisons at {results['long'][0]['config']['iterations']} iterations "
                    f"({results['long'][0]['victims']} victims)")
         for r in results["long"]:
-            d = "+".join(x if isinstance(x, str) else f"{x['name']} {x['options']['rate']}" for x in r["defenses"])
-            out.append(f"{r['table']:<13} {d:<16} {r['attack']:<20} {r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} "
+            d = "+".join(_short(x) for x in r["defenses"])
+            out.append(f"{r['table']:<14} {d:<16} {r['attack']:<20} {r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} "
                        f"{r['asr']:>6.0%}")
     if "utility" in results and "ablation" not in results:
         out.append("")
         out.extend(f"{r['combination']:<20} {r['test_accuracy']:.2%}" for r in results["utility"])
     return "\n".join(out)
+
+
+def _short(defense: Any) -> str:
+    if isinstance(defense, str):
+        return defense
+    if "rate" in defense["options"]:
+        return f"{defense['name']} {defense['options']['rate']}"
+    return f"{defense['name']}*" if "after" in defense["options"] else defense["name"]
 
 
 def _row_key(row: dict[str, Any]) -> str:

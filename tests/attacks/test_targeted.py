@@ -127,6 +127,13 @@ def test_pig_ignores_the_decoder_and_every_later_layer() -> None:
     assert PIG().targeting(views, model, views[0].recipe, 1).ignore == {
         "classifier.precode.decoder.weight", "classifier.precode.decoder.bias",
         "classifier.linear.weight", "classifier.linear.bias"}
+    # PRECODE early (after the first conv block, Scheliga et al. 2024b): as CVB, the later layers are left out
+    views, _, _ = views_of([PRECODE(after="features.block1", features=16 * 14 * 14)], n=1)
+    model = views[0].build_model()
+    tg = PIG().targeting(views, model, views[0].recipe, 1)
+    assert [k for k, _ in model.named_parameters() if k not in tg.ignore] == [
+        "features.block1.block.conv.weight", "features.block1.block.conv.bias",
+        "features.block1.precode.encoder.weight", "features.block1.precode.encoder.bias"]
     # without a bottleneck there is nothing to leave out
     views, _, _ = views_of(["dropout"], n=1)
     with pytest.raises(AttackError, match="variational bottleneck"):

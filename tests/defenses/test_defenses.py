@@ -112,6 +112,13 @@ def test_defenses_compose_without_mutating_input() -> None:
 
 
 def test_invalid_parameters_and_names_are_rejected() -> None:
+    with pytest.raises(ValueError, match="after= needs features="):
+        PRECODE(after="features.block1")
+    with pytest.raises(ValueError, match="not both"):
+        PRECODE(before="classifier", after="features.block1", features=3136)
+    with pytest.raises(ValueError, match=r"puts out \(16, 14, 14\) = 3136 values per example, not features=100"):
+        PRECODE(after="features.block1", features=100).apply(create_model("cnn", in_channels=1))(
+            torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="clip must be > 0"):
         DPSGD(clip=0)
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
@@ -177,7 +184,11 @@ def test_secure_aggregation_view_holds_only_the_sum(tmp_path) -> None:
     torch.testing.assert_close(agg.delta["classifier.weight"], expected, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("defense", [PRECODE(), CVB(), DropoutDefense(0.25)], ids=["precode", "cvb", "dropout"])
+EARLY_PRECODE = PRECODE(after="features.block1", features=16 * 14 * 14)
+
+
+@pytest.mark.parametrize("defense", [PRECODE(), EARLY_PRECODE, CVB(), DropoutDefense(0.25)],
+                         ids=["precode", "precode-early", "cvb", "dropout"])
 def test_model_stage_defense_noise_is_injectable_and_replays_exactly(defense) -> None:
     torch.manual_seed(6)
     base = create_model("cnn", in_channels=1)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from gradleak.defenses.base import Defense, _register
 from gradleak.fl import noise as noise_mod
 
-__all__ = ["CVB", "PRECODE", "ConvBottleneck", "DropoutDefense", "LinearBottleneck"]
+__all__ = ["CVB", "PRECODE", "ConvBottleneck", "DropoutDefense", "FlatBottleneck", "LinearBottleneck"]
 
 
 def _kl_standard_normal(mu: Tensor, sigma: Tensor) -> Tensor:
@@ -59,6 +59,17 @@ class LinearBottleneck(_Bottleneck):
     def forward(self, z: Tensor) -> Tensor:
         mu, s = self.encoder(z).chunk(2, dim=1)
         return self.decoder(self.sample(mu, F.softplus(s)))
+
+
+class FlatBottleneck(LinearBottleneck):
+    """PRECODE on any feature map: ``(N, *shape)`` is flattened to ``in_features`` values, passed through
+    :class:`LinearBottleneck` and reshaped back."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z[0].numel() != self.encoder.in_features:
+            raise ValueError(f"precode: the module before it puts out {tuple(z.shape[1:])} = {z[0].numel()} values "
+                             f"per example, not features={self.encoder.in_features}")
+        return super().forward(z.flatten(1)).view(z.shape)
 
 
 class ConvBottleneck(_Bottleneck):
@@ -132,19 +143,41 @@ class PRECODE(Defense):
 
     The combined-defenses paper uses the settings recommended by Scheliga et al. (2024b), which our paper
     extract does not state; we use K = 256 (given) and β = 1e-3.
+
+    ``before`` places it before another ``nn.Linear``. ``after`` places it after any module instead, e.g. the
+    first conv block (``after="features.block1"``, ``features=16 * 14 * 14`` on the MNIST ``cnn``): the
+    module's output is flattened, passed through the bottleneck and reshaped back. Scheliga et al. (2024b)
+    find that a PRECODE before the classifier is bypassed by leaving out the gradients after it (``pig``) and
+    that variational modeling must sit early in the network to resist that. ``features`` (the values the
+    module puts out per example, C·H·W) is required with ``after``: the defense does not know the input size.
     """
 
     latent: int = 256
     beta: float = 1e-3
     before: str | None = None
+    after: str | None = None
+    features: int | None = None
     stage: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         if self.latent < 1 or self.beta < 0:
             raise ValueError(f"precode: latent must be >= 1 and beta >= 0, got {self.latent}, {self.beta}")
+        if self.before is not None and self.after is not None:
+            raise ValueError("precode: give before= or after=, not both")
+        if (self.after is None) != (self.features is None):
+            raise ValueError("precode: after= needs features=, the number of values the module puts out per "
+                             "example (C·H·W), and features= is only used with after=")
+        if self.features is not None and self.features < 1:
+            raise ValueError(f"precode: features must be >= 1, got {self.features}")
 
     def apply(self, model: nn.Module) -> nn.Module:
         out = copy.deepcopy(model)
+        if self.after is not None:
+            assert self.features is not None
+            block = _get(out, self.after)
+            vb = FlatBottleneck(self.features, self.latent, self.beta, noise_name="precode")
+            _set(out, self.after, nn.Sequential(OrderedDict(block=block, precode=vb)))
+            return out
         path = self.before or _classifier_path(out)
         head = _get(out, path)
         if not isinstance(head, nn.Linear):
