@@ -75,7 +75,10 @@ def after_bottleneck(model: nn.Module, view: ServerView, recipe: LocalRecipe, n:
     attack (their CNN+CVB config leaves out ``decoder`` and the later conv and linear layers). With several
     bottlenecks the first decoder to run decides. Empty when the model has no bottleneck.
     """
-    order = _blank_replay(model, view, recipe, n)[1]
+    return _after_bottleneck(model, _blank_replay(model, view, recipe, n)[1])
+
+
+def _after_bottleneck(model: nn.Module, order: dict[str, int]) -> frozenset[str]:
     decoders = [f"{name}.decoder" for name, m in model.named_modules() if isinstance(m, _Bottleneck)]
     starts = [order[d] for d in decoders if d in order]
     if not starts:
@@ -153,7 +156,7 @@ class TargetedAttack(InvertingGradients):
         if "pruning" in parts:  # GPIA: the client's mask replaces pruning by the dummy's own magnitudes
             recipe = recipe.replace(step_transforms=tuple(t for t in recipe.step_transforms
                                                           if not isinstance(t, StepPrune)))
-        shapes = noise_shapes(model, views[0], recipe, n)
+        shapes, order = _blank_replay(model, views[0], recipe, n)
         leaves, scales, lr_scale, regs = {}, {}, {}, []
         fixed: list[dict[str, Tensor]] = [{} for _ in views]
         masks: list[dict[str, Tensor]] = []
@@ -206,7 +209,7 @@ class TargetedAttack(InvertingGradients):
         if "pruning" in parts:
             masks = [{k: (d != 0).to(d.dtype) for k, d in v.update.delta.items()} for v in views]
         if "ignore" in parts:
-            ignore = after_bottleneck(model, views[0], recipe, n)
+            ignore = _after_bottleneck(model, order)
             if not ignore:
                 raise AttackError("pig ignores the gradients after a variational bottleneck and the model has none")
 
