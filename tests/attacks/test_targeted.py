@@ -140,6 +140,34 @@ def test_pig_ignores_the_decoder_and_every_later_layer() -> None:
         PIG().targeting(views, views[0].build_model(), views[0].recipe, 1)
 
 
+def test_pig_ignore_names_the_left_out_layers() -> None:
+    # the released CNN+CVB list, written as module paths, gives the automatic set
+    views, _, _ = views_of([CVB()], n=1)
+    model = views[0].build_model()
+    released = ["features.block1.cvb.decoder", "features.block2", "features.block3", "classifier"]
+    named = ATTACKS.create("pig", ignore=released)
+    assert named.ignore == tuple(released)
+    assert named.targeting(views, model, views[0].recipe, 1).ignore == \
+        PIG().targeting(views, model, views[0].recipe, 1).ignore
+    # the same list on PRECODE before the classifier also leaves out the conv layers before the bottleneck
+    views, _, _ = views_of([PRECODE()], n=1)
+    model = views[0].build_model()
+    tg = PIG(ignore=("classifier", "features.block2", "features.block3.conv.weight")).targeting(
+        views, model, views[0].recipe, 1)
+    assert [k for k, _ in model.named_parameters() if k not in tg.ignore] == [
+        "features.block1.conv.weight", "features.block1.conv.bias", "features.block3.conv.bias"]
+    # any model: the layers are named, no bottleneck needed
+    views, _, _ = views_of(["dropout"], n=1)
+    model = views[0].build_model()
+    assert PIG(ignore=["classifier"]).targeting(views, model, views[0].recipe, 1).ignore == {
+        "classifier.weight", "classifier.bias"}
+    with pytest.raises(AttackError, match=r"no parameter or module.*features\.block1\.conv\.weight"):
+        PIG(ignore=["decoder"]).targeting(views, model, views[0].recipe, 1)
+    for bad in ("classifier", ["", "classifier"], [3]):
+        with pytest.raises(AttackError, match="ignore must be a list"):
+            PIG(ignore=bad)
+
+
 def test_targeted_vectorised_equals_looped() -> None:
     views, _, _ = views_of(["dropout", "cvb"])
     attack = CDIA(iterations=6, restarts=2, signed=False, lr=1.0)

@@ -15,7 +15,8 @@ priors and defaults) plus a :class:`~gradleak.attacks.replay.Targeting` of the r
 - ``dia``: the dropout masks are optimised with the images, initialised Bernoulli(1 - p), clipped to [0, 1],
   with the mask-rate regulariser ``mask_reg · |mean(ψ) - (1 - p)|`` per dropout layer.
 - ``pig``: the stochastic gradients are left out: those of the variational bottleneck's decoder and of every
-  layer after it (:func:`after_bottleneck`; the layers before it and its encoder are matched).
+  layer after it (:func:`after_bottleneck`; the layers before it and its encoder are matched), or the layers
+  named by ``ignore``.
 - ``gpia``: the client's pruning mask, the non-zeros of the received update, multiplies the dummy update;
   the replay does not prune by the dummy's own magnitudes. Exact for one local step (with several steps,
   the received zeros are those of the last step's pruning combined with the earlier updates).
@@ -56,7 +57,8 @@ from gradleak.fl.local import LocalData, local_update
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.records import ServerView
 
-__all__ = ["CDIA", "DIA", "DPIA", "GPIA", "PIG", "VBIA", "WIIG", "TargetedAttack", "after_bottleneck", "noise_shapes"]
+__all__ = ["CDIA", "DIA", "DPIA", "GPIA", "PIG", "VBIA", "WIIG", "TargetedAttack", "after_bottleneck",
+           "named_parameters_of", "noise_shapes"]
 
 TensorDict = dict[str, Tensor]
 COMPONENTS = ("dropout", "bottleneck", "pruning", "dp-noise", "dp-mean", "true-noise", "ignore")
@@ -86,6 +88,19 @@ def _after_bottleneck(model: nn.Module, order: dict[str, int]) -> frozenset[str]
     first = min(starts)
     return frozenset(f"{name}.{p}" if name else p for name, m in model.named_modules() if order.get(name, -1) >= first
                      for p, _ in m.named_parameters(recurse=False))
+
+
+def named_parameters_of(model: nn.Module, names: Sequence[str]) -> frozenset[str]:
+    """The parameters of ``model`` that ``names`` (parameter names or module paths) denote; a name that denotes
+    none is an error listing the model's parameters."""
+    params = [k for k, _ in model.named_parameters()]
+    out: set[str] = set()
+    for name in names:
+        found = {k for k in params if k == name or k.startswith(name + ".")}
+        if not found:
+            raise AttackError(f"{name!r} is no parameter or module of the model; its parameters: {params}")
+        out |= found
+    return frozenset(out)
 
 
 def _blank_replay(model: nn.Module, view: ServerView, recipe: LocalRecipe, n: int
@@ -146,6 +161,15 @@ class TargetedAttack(InvertingGradients):
     def components(self, view: ServerView) -> frozenset[str]:
         """The parts of the replay this attack targets for ``view`` (subclasses)."""
         return frozenset()
+
+    def ignored(self, model: nn.Module, order: dict[str, int]) -> frozenset[str]:
+        """The parameters left out of the gradient distance by the ``"ignore"`` component: the gradients
+        after the variational bottleneck (:func:`after_bottleneck`)."""
+        ignore = _after_bottleneck(model, order)
+        if not ignore:
+            raise AttackError("pig ignores the gradients after a variational bottleneck and the model has none; "
+                              "name the layers to leave out with ignore=[...]")
+        return ignore
 
     def targeting(self, views: Sequence[ServerView], model: nn.Module, recipe: LocalRecipe, n: int) -> Targeting:
         parts = self.components(views[0])
@@ -209,9 +233,7 @@ class TargetedAttack(InvertingGradients):
         if "pruning" in parts:
             masks = [{k: (d != 0).to(d.dtype) for k, d in v.update.delta.items()} for v in views]
         if "ignore" in parts:
-            ignore = _after_bottleneck(model, order)
-            if not ignore:
-                raise AttackError("pig ignores the gradients after a variational bottleneck and the model has none")
+            ignore = self.ignored(model, order)
 
         def inject(z: TensorDict) -> TensorDict:
             return {k: v * scales[k] if k in scales else v for k, v in z.items()}
@@ -271,12 +293,29 @@ class DIA(TargetedAttack):
 class PIG(TargetedAttack):
     """Partial Inverting Gradients, the "ignore" attack (Scheliga et al. 2024b): the gradients the variational
     bottleneck makes stochastic, its decoder's and those of every later layer, are left out of the gradient
-    distance (:func:`after_bottleneck`)."""
+    distance (:func:`after_bottleneck`).
+
+    ``ignore`` names the left-out layers instead, as the authors' framework configures it per model
+    (``ignore_gradient_layers``): parameter names or module paths (a module leaves out all its parameters),
+    e.g. ``["features.block1.cvb.decoder", "features.block2", "features.block3", "classifier"]``. It also
+    makes ``pig`` usable on a model whose stochastic layers are not a gradleak bottleneck."""
 
     name: ClassVar[str] = "pig"
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.ignore, str) or not all(isinstance(p, str) and p.strip() for p in self.ignore):
+            raise AttackError(f"pig: ignore must be a list of parameter names or module paths, got {self.ignore!r}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"ignore"})
+
+    def ignored(self, model: nn.Module, order: dict[str, int]) -> frozenset[str]:
+        if not self.ignore:
+            return super().ignored(model, order)
+        return named_parameters_of(model, self.ignore)
 
 
 @ATTACKS.register("gpia")
