@@ -163,7 +163,7 @@ def test_pig_ignore_names_the_left_out_layers() -> None:
         "classifier.weight", "classifier.bias"}
     with pytest.raises(AttackError, match=r"no parameter or module.*features\.block1\.conv\.weight"):
         PIG(ignore=["decoder"]).targeting(views, model, views[0].recipe, 1)
-    for bad in ("classifier", ["", "classifier"], [3]):
+    for bad in ("classifier", ["", "classifier"], [3], None):
         with pytest.raises(AttackError, match="ignore must be a list"):
             PIG(ignore=bad)
 

@@ -305,7 +305,7 @@ class PIG(TargetedAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.ignore, str) or not all(isinstance(p, str) and p.strip() for p in self.ignore):
+        if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(p, str) and p.strip() for p in self.ignore):
             raise AttackError(f"pig: ignore must be a list of parameter names or module paths, got {self.ignore!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
