@@ -256,6 +256,12 @@ def clone_tensors(tensors: Mapping[str, Tensor]) -> TensorDict:
     return {k: v.detach().clone().contiguous() for k, v in tensors.items()}
 
 
+def in_layer(name: str, layer: str) -> bool:
+    """True when parameter ``name`` is ``layer`` itself or one of the module ``layer``'s parameters
+    (``"features.block2"`` holds ``"features.block2.conv.weight"``, not ``"features.block20.bias"``)."""
+    return name == layer or name.startswith(layer + ".")
+
+
 def is_finite(tensors: Mapping[str, Tensor]) -> bool:
     """True when every floating tensor is free of NaN and inf."""
     return all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point())

@@ -149,7 +149,8 @@ def test_pig_ignore_names_the_left_out_layers() -> None:
     assert named.ignore == tuple(released)
     assert named.targeting(views, model, views[0].recipe, 1).ignore == \
         PIG().targeting(views, model, views[0].recipe, 1).ignore
-    # the same list on PRECODE before the classifier also leaves out the conv layers before the bottleneck
+    # on PRECODE before the classifier named layers can leave out conv layers before the bottleneck, and a
+    # parameter name leaves out that parameter alone
     views, _, _ = views_of([PRECODE()], n=1)
     model = views[0].build_model()
     tg = PIG(ignore=("classifier", "features.block2", "features.block3.conv.weight")).targeting(

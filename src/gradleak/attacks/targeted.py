@@ -55,7 +55,7 @@ from gradleak.defenses.step import DPSGD, StepPrune
 from gradleak.defenses.update import PruneUpdate
 from gradleak.fl.local import LocalData, local_update
 from gradleak.fl.recipe import LocalRecipe
-from gradleak.records import ServerView
+from gradleak.records import ServerView, in_layer
 
 __all__ = ["CDIA", "DIA", "DPIA", "GPIA", "PIG", "VBIA", "WIIG", "TargetedAttack", "after_bottleneck",
            "named_parameters_of", "noise_shapes"]
@@ -96,7 +96,7 @@ def named_parameters_of(model: nn.Module, names: Sequence[str]) -> frozenset[str
     params = [k for k, _ in model.named_parameters()]
     out: set[str] = set()
     for name in names:
-        found = {k for k in params if k == name or k.startswith(name + ".")}
+        found = {k for k in params if in_layer(k, name)}
         if not found:
             raise AttackError(f"{name!r} is no parameter or module of the model; its parameters: {params}")
         out |= found

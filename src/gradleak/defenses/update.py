@@ -10,7 +10,7 @@ import torch
 
 from gradleak.defenses.base import Defense, _register
 from gradleak.defenses.functional import gaussian_like, laplace_like, percentile_scale, prune_by_magnitude
-from gradleak.records import ClientUpdate
+from gradleak.records import ClientUpdate, in_layer
 
 __all__ = ["Laplace", "LocalGaussian", "PruneUpdate", "WithholdBN", "WithholdLayers"]
 
@@ -125,10 +125,10 @@ class WithholdLayers(Defense):
 
     def __call__(self, update: ClientUpdate, generator: torch.Generator | None = None) -> ClientUpdate:
         def hit(name: str) -> bool:
-            return any(name == p or name.startswith(p + ".") for p in self.layers)
+            return any(in_layer(name, p) for p in self.layers)
 
         dropped = [k for k in update.delta if hit(k)]
-        missing = [p for p in self.layers if not any(k == p or k.startswith(p + ".") for k in update.delta)]
+        missing = [p for p in self.layers if not any(in_layer(k, p) for k in update.delta)]
         if missing:
             raise ValueError(f"withhold-layers: no parameter of layer(s) {missing} in the update "
                              f"(parameters: {sorted(update.delta)[:8]}...)")
