@@ -10,7 +10,9 @@ Sections (``--only`` picks some; run them in separate processes and merge with `
 - ``single``: Tables 1-3 and DIA: wiig/dpia on DP, gpia vs inverting-gradients at pruning 0.9, pig/wiig on
   PRECODE and CVB, inverting-gradients/wiig under dropout; the rows of vbia, dia, gpia at 0.5 and undefended
   inverting-gradients are the ablation's single-defense rows (cdia on one defense is that attack).
-- ``ablation``: Table 4's 24 combinations DO × DP × GP × {none, PRECODE, CVB} under ``cdia``.
+- ``ablation``: Table 4's 24 combinations DO × DP × GP × {none, PRECODE, CVB} under ``cdia`` (or, with
+  ``--ablation-attack untargeted``, under inverting-gradients / gpia, which do not model the dropout masks or
+  the bottleneck's ε: the attack the paper's DP rows behave like, ``results/dp_cvb_probes.md``).
 - ``long``: the acceptance comparisons (gpia/IG at 0.9, vbia/pig, dia/IG, cdia on DP+PM) at
   ``--long-iterations``, and pig/vbia/cdia with DP on PRECODE placed after the first conv block (``PRECODE*``,
   the placement Scheliga et al. 2024b recommend).
@@ -167,14 +169,23 @@ def run_long(args: argparse.Namespace) -> list[dict[str, Any]]:
     return _table_rows(args, "long", LONG[k * len(LONG) // n:(k + 1) * len(LONG) // n], args.long_iterations)
 
 
+def ablation_attack(args: argparse.Namespace, gp: bool) -> str:
+    """``cdia``, or with ``--ablation-attack untargeted`` the attack that models no stochastic defense:
+    inverting-gradients (gpia when GP prunes, as pruning is read off the update), dropout masks and a
+    bottleneck's ε drawn fresh in every iteration."""
+    if args.ablation_attack == "cdia":
+        return "cdia"
+    return "gpia" if gp else "inverting-gradients"
+
+
 def run_ablation(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     k, n = (int(v) for v in args.ablation_part.split("/"))
     todo = [c for c in combinations() if _selected(args, label(*c))]
     for combo in todo[k * len(todo) // n:(k + 1) * len(todo) // n]:
         row = {"combination": label(*combo),
-               **attack_row(args, "cdia", defenses_of(*combo, args.dp_noise), "honest",
-                                                       args.ablation_iterations)}
+               **attack_row(args, ablation_attack(args, combo[2]), defenses_of(*combo, args.dp_noise), "honest",
+                            args.ablation_iterations)}
         rows.append(row)
         print(f"[ablation] {row['combination']:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
               f"ASR {row['asr']:.0%}  {row['seconds']:.0f}s", flush=True)
@@ -227,7 +238,8 @@ def tables(results: dict[str, Any]) -> str:
         util = {r["combination"]: r for r in results.get("utility", [])}
         first = results["ablation"][0]
         out.append("")
-        out.append(f"Table 4: cdia on defense combinations, {first['victims']} victims, "
+        attacks = sorted({r["attack"] for r in results["ablation"]})
+        out.append(f"Table 4: {'/'.join(attacks)} on defense combinations, {first['victims']} victims, "
                    f"{first['config']['iterations']} it" + (f"; accuracy after {next(iter(util.values()))['rounds']} "
                                                             "rounds (reduced federation)" if util else ""))
         out.append(f"{'DO':>3} {'DP':>3} {'GP':>3} {'PM':>3} {'SSIM':>12} {'ASR':>6} {'accuracy':>9}")
@@ -300,6 +312,9 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     parser.add_argument("--dp-noise", type=float, default=1e-4,
                         help="DP-SGD noise multiplier in the ablation and utility sections (the paper's 1e-4)")
+    parser.add_argument("--ablation-attack", choices=("cdia", "untargeted"), default="cdia",
+                        help="untargeted: inverting-gradients (gpia with GP), which models no dropout mask or "
+                             "bottleneck ε (the reading that reproduces the paper's DP rows; see dp_cvb_probes.md)")
     parser.add_argument("--with", dest="only_with", nargs="*", default=[],
                         help="only the rows and combinations with all these defenses (DO, DP, GP, PRECODE, CVB)")
     parser.add_argument("--merge", nargs="*", default=None, help="tags of saved parts to merge and print")
