@@ -12,7 +12,7 @@ Sections (``--only`` picks some; run them in separate processes and merge with `
   inverting-gradients are the ablation's single-defense rows (cdia on one defense is that attack).
 - ``ablation``: Table 4's 24 combinations DO × DP × GP × {none, PRECODE, CVB} under ``cdia`` (or, with
   ``--ablation-attack untargeted``, under inverting-gradients / gpia, which do not model the dropout masks or
-  the bottleneck's ε: the attack the paper's DP rows behave like, ``results/dp_cvb_probes.md``).
+  the bottleneck's ε: the attack the paper's DP rows with dropout or CVB match, ``results/dp_cvb_probes.md``).
 - ``long``: the acceptance comparisons (gpia/IG at 0.9, vbia/pig, dia/IG, cdia on DP+PM) at
   ``--long-iterations``, and pig/vbia/cdia with DP on PRECODE placed after the first conv block (``PRECODE*``,
   the placement Scheliga et al. 2024b recommend).
@@ -273,8 +273,8 @@ def _short(defense: Any) -> str:
 
 
 def _row_key(row: dict[str, Any]) -> str:
-    if "combination" in row:
-        return row["combination"]
+    if "combination" in row:  # an untargeted row never replaces cdia's row of the same combination
+        return row["combination"] + ("" if row.get("attack", "cdia") == "cdia" else " untargeted")
     return json.dumps([row["table"], row["attack"], row["defenses"], row["threat"]])
 
 
@@ -314,7 +314,7 @@ def main() -> None:
                         help="DP-SGD noise multiplier in the ablation and utility sections (the paper's 1e-4)")
     parser.add_argument("--ablation-attack", choices=("cdia", "untargeted"), default="cdia",
                         help="untargeted: inverting-gradients (gpia with GP), which models no dropout mask or "
-                             "bottleneck ε (the reading that reproduces the paper's DP rows; see dp_cvb_probes.md)")
+                             "bottleneck ε (what the paper's DP rows with dropout or CVB match; dp_cvb_probes.md)")
     parser.add_argument("--with", dest="only_with", nargs="*", default=[],
                         help="only the rows and combinations with all these defenses (DO, DP, GP, PRECODE, CVB)")
     parser.add_argument("--merge", nargs="*", default=None, help="tags of saved parts to merge and print")
