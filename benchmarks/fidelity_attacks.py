@@ -10,7 +10,8 @@ Sections (``--only`` picks some):
 - ``trends``: the same attack as the client's batch size (one step) and number of local steps (batch 1) grow
   (the paper's Fig. 5).
 
-SSIM is scikit-image's ``structural_similarity`` on ``[0, 1]`` images (via :func:`gradleak.audit.image_metrics`).
+Graded by :func:`gradleak.metrics.grade`, the one grading function (SSIM: scikit-image's default
+``structural_similarity`` on ``[0, 1]`` images).
 
 Usage: ``python benchmarks/fidelity_attacks.py [--only ig dlg ...] [--device cuda] [--bn-model convnet]``
 """
@@ -34,12 +35,13 @@ from gradleak.attacks.dlg import DLG
 from gradleak.attacks.fedavg_inversion import FedAvgInversion
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.labels import classifier_gradient, idlg_label, infer_labels, wainakh_labels, yin_labels
-from gradleak.audit import image_metrics, simulate_and_attack
+from gradleak.audit import simulate_and_attack
 from gradleak.data import load_dataset
 from gradleak.fl import LocalData, LocalRecipe, local_update, model_state
 from gradleak.fl.federation import FedAvgSimulation, FederationHook, FLClient
+from gradleak.metrics import grade
 from gradleak.models import create_model
-from gradleak.records import ClientUpdate, GlobalState, ServerView
+from gradleak.records import ClientUpdate, GlobalState, Reconstruction, ServerView
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,6 +49,11 @@ RESULTS = Path(__file__).parent / "results"
 IG = {"iterations": 1000, "restarts": 4, "signed": False, "lr": 1.0, "tv": 3e-3}
 DLG_CFG = {"iterations": 500, "restarts": 8}
 FEDAVG = {"iterations": 500}
+
+
+def per_image_ssim(images: torch.Tensor, truth: torch.Tensor) -> list[float]:
+    """SSIM of reconstruction ``i`` against original ``i``, graded by :func:`gradleak.metrics.grade`."""
+    return grade(Reconstruction(images=images.detach().cpu()), truth.cpu(), assign=False)["ssim"].tolist()
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -242,7 +249,7 @@ def run_controls(args: argparse.Namespace) -> dict[str, Any]:
             f"c: wrong checkpoint (round 0 for round {args.rounds})":
                 (attack, [_replace_state(v, wrong) for v in views])}
     out: dict[str, Any] = {"model": _BN_MODEL, "config": FEDAVG, "round": args.rounds, "victims": len(x)}
-    prior_ssim = image_metrics(prior.expand_as(x), x, match=False)["ssim_per_image"]
+    prior_ssim = per_image_ssim(prior.expand_as(x), x)
     out["prior_ssim"] = summary(prior_ssim)
     print(f"[controls] {_BN_MODEL['name']} {_BN_MODEL['options']} PneumoniaMNIST 32×32, round {args.rounds}, "
           f"{len(x)} one-image clients; prior SSIM {out['prior_ssim']['mean']:.3f}")
@@ -250,7 +257,7 @@ def run_controls(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         recs = a.attack_many(vs, generator=torch.Generator().manual_seed(3))
         images = torch.cat([r.images for r in recs])
-        ssim = image_metrics(images, x, match=False)["ssim_per_image"]
+        ssim = per_image_ssim(images, x)
         out[name] = {"ssim": summary(ssim), "ssim_per_image": ssim, "seconds": time.perf_counter() - started}
         print(f"  {name:<48} SSIM {out[name]['ssim']['mean']:.3f} ± {out[name]['ssim']['std']:.3f} "
               f"[{out[name]['ssim']['min']:.3f}, {out[name]['ssim']['max']:.3f}]  {out[name]['seconds']:.0f}s")
@@ -282,7 +289,7 @@ def run_trends(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         recs = attack.attack_many(views, generator=torch.Generator().manual_seed(4))
         # the reference image's reconstruction: the best-matching reconstructed image of its client
-        ssim = [max(image_metrics(rec.images[j:j + 1], references[r:r + 1], match=False)["ssim"]
+        ssim = [max(per_image_ssim(rec.images[j:j + 1], references[r:r + 1])[0]
                     for j in range(len(rec.images))) for r, rec in enumerate(recs)]
         out[axis][k] = {"ssim": summary(ssim), "ssim_per_reference": ssim, "seconds": time.perf_counter() - started}
         print(f"  {axis:<12} {k:>2}: SSIM {out[axis][k]['ssim']['mean']:.3f} ± {out[axis][k]['ssim']['std']:.3f}  "

@@ -11,10 +11,11 @@ Cases: one victim of batch 1, one victim of batch 8, and a 16-victim audit (each
 breaching attacks one after another and gradleak in one vectorised run (``InvertingGradients.attack_many``).
 
 Per case and tool: iterations/s, wall time, peak memory (resident set sampled during the attack, and its rise
-over the case's start), mean PSNR/SSIM of the reconstructions against the originals, graded by gradleak's
-``gradleak.audit.image_metrics`` for both tools; medians of ``--repeats`` rounds (each round: new victims and
-seeds; in each round the tools attack a case back to back, rotating which goes first, and the speed ratio is
-the median over the rounds of these pairs' ratios, robust to the machine's speed drifting between pairs).
+over the case's start), mean PSNR/SSIM of the reconstructions against the originals, graded by
+``gradleak.metrics.grade`` (the one grading function) for both tools; medians of ``--repeats`` rounds (each
+round: new victims and seeds; in each round the tools attack a case back to back, rotating which goes first, and
+the speed ratio is the median over the rounds of these pairs' ratios, robust to the machine's speed drifting
+between pairs).
 gradleak runs twice per case: as configured (eager) and with ``compile=True`` (``gradleak_compiled``, its
 ``ratios_compiled`` and ``*_compiled`` acceptance keys; ``--no-compile`` skips it). Every gradleak run follows a
 3-iteration warm-up run outside its wall time; for the compiled variant the warm-up compiles (first time per
@@ -301,13 +302,15 @@ class Comparison:
                 **mem.summary()}
 
     def grade(self, case: str, images: torch.Tensor, prepared: dict) -> dict:
-        from gradleak.audit import image_metrics
+        from gradleak.metrics import grade
+        from gradleak.records import Reconstruction
 
         victims, n = CASES[case]
         truth = prepared["images"].reshape(victims, n, *prepared["images"].shape[1:])
-        per = [image_metrics(images[v], truth[v], match=n > 1) for v in range(victims)]
-        return {"ssim": float(np.mean([s for m in per for s in m["ssim_per_image"]])),
-                "psnr": float(np.mean([p for m in per for p in m["psnr_per_image"]]))}
+        per = [grade(Reconstruction(images=images[v].detach().cpu()), truth[v].cpu(), assign=n > 1)
+               for v in range(victims)]
+        return {"ssim": float(np.mean([s for g in per for s in g["ssim"].tolist()])),
+                "psnr": float(np.mean([p for g in per for p in g["psnr"].tolist()]))}
 
 
 def _median(rows: list[dict], key: str) -> float:

@@ -6,12 +6,12 @@ Examples
 >>> from gradleak.models import create_model
 >>> model = create_model("cnn", in_channels=1)
 >>> images, labels = torch.rand(2, 1, 32, 32), torch.tensor([3, 7])
->>> result = gradleak.audit.simulate_and_attack(model, images, labels, recipe="fedsgd",
+>>> result = gradleak.simulate_and_attack(model, images, labels, recipe="fedsgd",
 ...     attack="inverting-gradients", attack_options={"iterations": 10}, victims="each")
 >>> result.reconstruction.images.shape
 torch.Size([2, 1, 32, 32])
->>> sorted(result.metrics)[:3]
-['label_accuracy', 'psnr', 'psnr_per_image']
+>>> result.metrics["leak_rule"], len(result.metrics["ssim_per_image"])
+('threshold', 2)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,11 +33,10 @@ from gradleak.data.transforms import normalize
 from gradleak.errors import GradleakError
 from gradleak.fl.local import LocalData, local_update, model_state
 from gradleak.fl.recipe import LocalRecipe
-from gradleak.metrics import assign, psnr, ssim
+from gradleak.metrics import grade
 from gradleak.records import ClientUpdate, GlobalState, Reconstruction, ServerView
 
-__all__ = ["RECIPE_PRESETS", "THREATS", "AuditResult", "Threat", "Truth", "image_metrics", "recovery_metrics",
-           "simulate_and_attack"]
+__all__ = ["RECIPE_PRESETS", "THREATS", "AuditResult", "Threat", "Truth", "simulate_and_attack"]
 
 
 #: Local-training presets by name, as functions of the client's number of images.
@@ -93,39 +91,6 @@ class AuditResult:
     reconstructions: tuple[Reconstruction, ...] = field(default=())
 
 
-#: scikit-image's default SSIM (7×7 uniform window), the reference the attack acceptance figures use
-SKIMAGE_DEFAULT_SSIM = {"gaussian": False, "win_size": 7, "use_sample_covariance": True}
-
-
-def image_metrics(reconstructed: Tensor, truth: Tensor, *, match: bool = True) -> dict[str, Any]:
-    """SSIM (scikit-image's default settings, via :mod:`gradleak.metrics`) and PSNR between ``[0, 1]`` image
-    batches, optionally after the assignment of reconstructions to originals that maximises total SSIM (order
-    is not recoverable within a batch)."""
-    rec = reconstructed.detach().cpu().double().clamp(0, 1)
-    ref = truth.detach().cpu().double().clamp(0, 1)
-    win = min(7, min(ref.shape[-2:]) - (1 - min(ref.shape[-2:]) % 2))
-    options = {**SKIMAGE_DEFAULT_SSIM, "win_size": win}
-    if match and len(rec) > 1:
-        order = [int(i) for i in assign(rec, ref, metric="ssim", **options)[0]]
-    else:
-        order = list(range(len(ref)))
-    paired = rec[order]
-    per_ssim = ssim(paired, ref, **options).tolist()
-    per_psnr = psnr(paired, ref).tolist()
-    return {"ssim": float(np.mean(per_ssim)), "ssim_per_image": per_ssim,
-            "psnr": float(np.mean(per_psnr)), "psnr_per_image": per_psnr, "assignment": order}
-
-
-def _label_accuracy(predicted: Tensor | None, truth: Tensor) -> float | None:
-    """Share of the true labels recovered, as multisets (order within a batch is not recoverable)."""
-    if predicted is None:
-        return None
-    p = np.bincount(predicted.cpu().numpy(), minlength=int(truth.max()) + 1)
-    t = np.bincount(truth.cpu().numpy(), minlength=len(p))
-    p = np.pad(p, (0, len(t) - len(p)))
-    return float(np.minimum(p, t).sum() / len(truth))
-
-
 class _ModuleFactory:
     """A zero-argument factory of copies of a module (the view's architecture)."""
 
@@ -160,30 +125,23 @@ def _combine(results: Sequence[Reconstruction]) -> Reconstruction:
         valid=None if results[0].valid is None else torch.cat([r.valid for r in results]))  # type: ignore[misc]
 
 
-def recovery_metrics(reconstructed: Tensor, truth: Tensor, valid: Tensor | None = None, *,
-                     verbatim_psnr: float = 60.0) -> dict[str, Any]:
-    """Grade an attack that returns any number of reconstructions (the imprint attack): the ones marked
-    ``valid`` are paired one-to-one with originals maximising total PSNR, and counted as *verbatim* when their
-    PSNR reaches ``verbatim_psnr`` dB. SSIM (scikit-image's defaults) and PSNR are means over the pairs."""
-    rec = reconstructed.detach().cpu().double().clamp(0, 1)
-    ref = truth.detach().cpu().double().clamp(0, 1)
-    if valid is not None:
-        rec = rec[valid.cpu().bool()]
-    out: dict[str, Any] = {"reconstructions": len(reconstructed), "valid": len(rec),
-                           "verbatim_psnr": verbatim_psnr}
-    if len(rec) == 0:
-        return out | {"verbatim": 0, "share_recovered": 0.0, "ssim": None, "psnr": None, "ssim_per_image": [],
-                      "psnr_per_image": [], "assignment": [-1] * len(ref)}
-    order = assign(rec, ref, metric="psnr")[0]
-    matched = [j for j in range(len(ref)) if int(order[j]) >= 0]
-    win = min(7, min(ref.shape[-2:]) - (1 - min(ref.shape[-2:]) % 2))
-    pair_rec, pair_ref = rec[[int(order[j]) for j in matched]], ref[matched]
-    per_psnr = psnr(pair_rec, pair_ref).tolist()
-    per_ssim = ssim(pair_rec, pair_ref, **{**SKIMAGE_DEFAULT_SSIM, "win_size": win}).tolist()
-    verbatim = int(sum(v >= verbatim_psnr for v in per_psnr))
-    return out | {"verbatim": verbatim, "share_recovered": verbatim / len(ref), "ssim": float(np.mean(per_ssim)),
-                  "psnr": float(np.mean(per_psnr)), "ssim_per_image": per_ssim, "psnr_per_image": per_psnr,
-                  "assignment": [int(i) for i in order]}
+def _metrics(recon: Reconstruction, truth: Truth, prior: Tensor | None, *, paired_by_index: bool) -> dict[str, Any]:
+    """The audit's metrics, from :func:`gradleak.metrics.grade` (the one grading function)."""
+    g = grade(recon, truth.images, truth.labels, prior=prior, assign=not paired_by_index)
+    out: dict[str, Any] = {
+        "ssim": g["ssim_mean"], "ssim_per_image": g["ssim"].tolist(), "psnr": g["psnr_mean"],
+        "psnr_per_image": g["psnr"].tolist(), "assignment": g["order"].tolist(), "n_images": g["n_truth"],
+        "n_matched": g["n_matched"], "asr": g["asr"], "leak_rule": g["rule"], "leaks": g["n_leaks"],
+        "leak_per_image": g["leak"].tolist(), "verbatim": g["n_verbatim"], "verbatim_psnr": g["verbatim_psnr"],
+        "reconstructions": g["n_reconstructions"], "valid": g["n_valid"],
+        "share_recovered": g["n_verbatim"] / g["n_truth"],
+    }
+    if "rdlv" in g:
+        out.update(ssim_prior=float(g["ssim_prior"].mean()), rdlv=g["rdlv_mean"], rdlv_per_image=g["rdlv"].tolist())
+    # one label per victim in order when each image is its own client; as multisets within a batch
+    key = "label_accuracy" if paired_by_index else "label_multiset_accuracy"
+    out["label_accuracy"] = g.get(key)
+    return out
 
 
 def _check_threat(threat: str, attack: Attack) -> Threat:
@@ -260,9 +218,10 @@ def simulate_and_attack(
     Returns
     -------
     AuditResult
-        With optimisation attacks, ``metrics`` holds SSIM/PSNR per image (after the SSIM-optimal assignment
-        within a batch) and label accuracy. With attacks that return any number of images marked ``valid``
-        (imprint), it holds :func:`recovery_metrics`: valid and verbatim counts, PSNR and SSIM of the pairs.
+        ``metrics`` comes from :func:`gradleak.metrics.grade`, the grading every entry point shares: SSIM/PSNR
+        per image (after the SSIM-optimal pairing within a batch; in victim order with ``victims="each"``) and
+        their means over the paired images, RDLV against ``prior``, label accuracy, verbatim recoveries (PSNR
+        ≥ 60 dB), and the leak verdict of every image (``leak_per_image``, ``leaks``) under ``leak_rule``.
     """
     from gradleak.defenses import by_stage, resolve_defenses
 
@@ -340,16 +299,7 @@ def simulate_and_attack(
         results = [attack(v, generator=attack_generator) for v in views]
     reconstruction = _combine(results)
     truth = Truth(images=images.detach().clone(), labels=labels.detach().clone())
-    metrics: dict[str, Any]
-    if reconstruction.valid is not None or len(reconstruction.images) != len(images):
-        metrics = recovery_metrics(reconstruction.images, truth.images, reconstruction.valid)
-    else:
-        metrics = image_metrics(reconstruction.images, truth.images, match=victims == "batch" or len(views) == 1)
-    if reconstruction.labels is None or len(reconstruction.labels) != len(labels):
-        metrics["label_accuracy"] = None
-    elif victims == "each" and len(views) > 1:  # one label per victim, in order
-        metrics["label_accuracy"] = float((reconstruction.labels.cpu() == labels.cpu()).float().mean())
-    else:
-        metrics["label_accuracy"] = _label_accuracy(reconstruction.labels, labels)
+    by_index = victims == "each" and len(views) > 1 and reconstruction.valid is None
+    metrics = _metrics(reconstruction, truth, prior, paired_by_index=by_index)
     return AuditResult(reconstruction=reconstruction, truth=truth, metrics=metrics, views=tuple(views),
                        reconstructions=tuple(results))

@@ -1,10 +1,12 @@
 """Grade reconstructions: image similarity, optimal pairing, leakage measures, bootstrap CIs, embeddings.
 
-Attacks never grade themselves (DESIGN.md); this stage receives a :class:`~gradleak.records.Reconstruction` and
-the ground truth separately.
+Attacks never grade themselves; this stage receives a :class:`~gradleak.records.Reconstruction` and the ground
+truth separately, and grades it with one function, :func:`grade` (one SSIM setting, RDLV against the prior,
+verbatim counts, the leak verdict).
 
-- :mod:`~gradleak.metrics.image`: per-image :func:`ssim` (equals scikit-image), :func:`psnr`, :func:`mse`,
-  :func:`lpips` (local weights files only).
+- :mod:`~gradleak.metrics.grading`: :func:`grade`, :func:`grading_ssim` (scikit-image's default SSIM).
+- :mod:`~gradleak.metrics.image`: per-image :func:`ssim` (equals scikit-image in any of its settings), :func:`psnr`,
+  :func:`mse`, :func:`lpips` (local weights files only).
 - :mod:`~gradleak.metrics.matching`: :func:`assign` (Hungarian pairing of reconstructions with ground truth).
 - :mod:`~gradleak.metrics.leakage`: :func:`attack_success_rate`, :func:`rdlv`, :func:`image_identifiability_precision`,
   :func:`fl_identifiability`, :func:`embedding_cosine`.
@@ -15,8 +17,8 @@ the ground truth separately.
 
 Examples
 --------
->>> result = evaluate_reconstruction(reconstruction, truth_images, truth_labels, prior=prior)  # doctest: +SKIP
->>> result["ssim_mean"], result["asr"], result["rdlv_mean"]                                   # doctest: +SKIP
+>>> result = grade(reconstruction, truth_images, truth_labels, prior=prior)   # doctest: +SKIP
+>>> result["ssim_mean"], result["n_leaks"], result["rdlv_mean"]               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from gradleak.metrics.embed import (
     tsne,
 )
 from gradleak.metrics.errors import MetricInputError, MissingWeightsError
-from gradleak.metrics.evaluate import Evaluation, evaluate_reconstruction
+from gradleak.metrics.grading import LEAK_RULES, SSIM_SETTING, Grade, describe_rule, grade, grading_ssim, leak_rule
 from gradleak.metrics.image import lpips, mse, pairwise, psnr, ssim
 from gradleak.metrics.leakage import (
     FLIdentifiability,
@@ -50,21 +52,26 @@ from gradleak.metrics.stats import BootstrapCI, bootstrap_ci
 from gradleak.registry import Registry
 
 __all__ = [
+    "LEAK_RULES",
     "METRICS",
+    "SSIM_SETTING",
     "Assignment",
     "BootstrapCI",
-    "Evaluation",
     "FLIdentifiability",
     "FeatureExtractor",
+    "Grade",
     "MetricInputError",
     "MissingWeightsError",
     "assign",
     "attack_success_rate",
     "bootstrap_ci",
+    "describe_rule",
     "embedding_cosine",
-    "evaluate_reconstruction",
     "fl_identifiability",
+    "grade",
+    "grading_ssim",
     "image_identifiability_precision",
+    "leak_rule",
     "lpips",
     "model_features",
     "mse",

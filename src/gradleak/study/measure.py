@@ -11,8 +11,8 @@ from torch import Tensor
 
 from gradleak.metrics import (
     embedding_cosine,
-    evaluate_reconstruction,
     fl_identifiability,
+    grade,
     image_identifiability_precision,
     pixel_features,
 )
@@ -49,12 +49,13 @@ def measure(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Table numbers and report arrays of one reconstruction of ``client``'s images ``truth_x``.
 
-    Reconstructions are paired with the originals by maximal total SSIM (collisions an attack marks invalid take
-    no part). ``iip``: Yin et al.'s identifiability precision of the paired reconstructions among ``pool`` (all
-    clients' training and validation images); ``iip_fl``: the FL variant (the nearest pool image belongs to
-    ``client``); ``embedding_cosine``: mean cosine of paired embeddings.
+    Graded by :func:`gradleak.metrics.grade` (the one grading function): reconstructions are paired with the
+    originals by maximal total SSIM (collisions an attack marks invalid take no part), and every original gets
+    the leak verdict of its rule. ``iip``: Yin et al.'s identifiability precision of the paired reconstructions
+    among ``pool`` (all clients' training and validation images); ``iip_fl``: the FL variant (the nearest pool
+    image belongs to ``client``); ``embedding_cosine``: mean cosine of paired embeddings.
     """
-    ev = evaluate_reconstruction(recon, truth_x, truth_y, prior=prior, tau=metrics.tau)
+    ev = grade(recon, truth_x, truth_y, prior=prior, tau=metrics.tau)
     order = ev["order"].cpu()
     paired = torch.nonzero(order >= 0).flatten()
     images = recon.images.detach().cpu().double().clamp(0, 1)
@@ -63,10 +64,12 @@ def measure(
         "ssim_mean": ev["ssim_mean"], "psnr_mean": ev["psnr_mean"], "mse_mean": ev["mse_mean"], "asr": ev["asr"],
         "label_accuracy": ev.get("label_accuracy"), "ssim_per_image": ev["ssim"].tolist(),
         "psnr_per_image": ev["psnr"].tolist(), "labels": truth_y.tolist(),
+        "n_valid": ev["n_valid"], "n_verbatim": ev["n_verbatim"], "verbatim_psnr": ev["verbatim_psnr"],
+        "leak_rule": ev["rule"], "n_leaks": ev["n_leaks"], "leak_per_image": ev["leak"].tolist(), "tau": ev["tau"],
     }
     if "rdlv" in ev:
         numbers.update(ssim_prior_mean=_mean(ev["ssim_prior"]), rdlv_mean=ev["rdlv_mean"],
-                       rdlv_per_image=ev["rdlv"].tolist())
+                       rdlv_per_image=ev["rdlv"].tolist(), ssim_to_prior_per_image=ev["ssim_to_prior"].tolist())
     matched = images[order[paired]] if paired.numel() else images[:0]
     if metrics.iip and paired.numel():
         numbers["iip"] = image_identifiability_precision(matched, pool, true_index[paired], space=iip_space)
