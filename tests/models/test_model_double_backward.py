@@ -22,6 +22,8 @@ CASES = {
     "convnet": ({"width": 16}, (3, 16, 16)),
     "resnet18": ({}, (3, 16, 16)),
     "resnet18-group": ({"norm": "group"}, (3, 8, 8)),
+    "resnet8": ({"width": 8}, (1, 16, 16)),
+    "resnet8-silu": ({"width": 8, "activation": "silu"}, (1, 16, 16)),
     "mlp": ({}, (1, 28, 28)),
     "vit": ({}, (3, 16, 16)),
 }

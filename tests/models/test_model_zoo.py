@@ -22,7 +22,7 @@ from gradleak.models import (
 )
 from gradleak.records import ModelSpec
 
-EXPECTED_NAMES = {"cnn", "lenet", "convnet", "resnet18", "mlp", "vit"}
+EXPECTED_NAMES = {"cnn", "lenet", "convnet", "resnet18", "resnet8", "mlp", "vit"}
 ALL = sorted(EXPECTED_NAMES)
 
 
@@ -63,7 +63,7 @@ def test_forward_backward_on_dataset_shape(name: str) -> None:
 
 
 # the smallest image each model takes, to keep the option tests fast
-SMALL = {"cnn": 32, "lenet": 16, "convnet": 16, "resnet18": 16, "mlp": 16, "vit": 16}
+SMALL = {"cnn": 32, "lenet": 16, "convnet": 16, "resnet18": 16, "resnet8": 8, "mlp": 16, "vit": 16}
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -199,11 +199,20 @@ def expected_parameter_counts() -> dict[str, int]:
     # torchvision's ResNet-18 with a 10-class head, minus the difference of the 7×7 and 3×3 stems
     resnet18 = parameter_count(torchvision.models.resnet18(weights=None, num_classes=10))
     resnet18 -= conv_params(7, 3, 64, bias=False) - conv_params(3, 3, 64, bias=False)
+    # ResNet-8 (width 16, one channel): 3×3 stem + BN, three BasicBlocks (1×1 conv + BN shortcut when the shape
+    # changes), linear head
+    def block(cin: int, cout: int) -> int:
+        shortcut = conv_params(1, cin, cout, bias=False) + 2 * cout if cin != cout else 0
+        return conv_params(3, cin, cout, bias=False) + conv_params(3, cout, cout, bias=False) + 4 * cout + shortcut
+
+    resnet8 = conv_params(3, 1, 16, bias=False) + 2 * 16 + block(16, 16) + block(16, 32) + block(32, 64)
+    resnet8 += linear_params(64, 10)
     mlp = linear_params(28 * 28, 256) + linear_params(256, 256) + linear_params(256, 10)
     d, m, tokens = 256, 512, (32 // 4) ** 2 + 1
     block = 2 * (2 * d) + 4 * linear_params(d, d) + linear_params(d, m) + linear_params(m, d)
     vit = conv_params(4, 3, d) + d + tokens * d + 4 * block + 2 * d + linear_params(d, 10)
-    return {"cnn": cnn, "lenet": lenet, "convnet": convnet, "resnet18": resnet18, "mlp": mlp, "vit": vit}
+    return {"cnn": cnn, "lenet": lenet, "convnet": convnet, "resnet18": resnet18, "resnet8": resnet8, "mlp": mlp,
+            "vit": vit}
 
 
 def test_parameter_table_matches_hand_computed_counts() -> None:

@@ -19,7 +19,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from gradleak.models._common import ModelConfigError, check_dropout, check_positive_int
 from gradleak.models.zoo import MODELS
 
-__all__ = ["ResNetWithDropout", "resnet18"]
+__all__ = ["ResNet8", "ResNetWithDropout", "resnet8", "resnet18"]
 
 CIFAR_STEM_MAX_SIZE = 64
 
@@ -117,3 +117,92 @@ def resnet18(
     # the same initialisation torchvision gives its own conv1
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def _basic_block(cin: int, cout: int, stride: int, activation: type[nn.Module]) -> BasicBlock:
+    down = None
+    if stride != 1 or cin != cout:
+        down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+    block = BasicBlock(cin, cout, stride=stride, downsample=down)
+    block.relu = activation()  # BasicBlock applies it after each of its two BN layers
+    return block
+
+
+class ResNet8(nn.Module):
+    """A small BatchNorm ResNet for CPU-scale audits: a 3×3 stem and three torchvision ``BasicBlock`` stages.
+
+    =========  ==================================================================
+    ``conv1``  conv3×3(C → w), ``bn1``, activation (no max-pool)
+    ``layer1`` BasicBlock(w → w, stride 1)
+    ``layer2`` BasicBlock(w → 2w, stride 2; 1×1 conv + BN shortcut)
+    ``layer3`` BasicBlock(2w → 4w, stride 2; 1×1 conv + BN shortcut)
+    head       global average pool, flatten, ``dropout``, ``fc`` Linear(4w → num_classes)
+    =========  ==================================================================
+
+    Eight weight layers on the main path (1 + 3 × 2 + 1), hence the name. Parameter and buffer names follow
+    torchvision's ResNet (``conv1``, ``bn1``, ``layerK.0.*``, ``fc``).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, *, image_size: int = 32, width: int = 16,
+                 activation: Literal["relu", "silu"] = "relu", dropout: float = 0.0) -> None:
+        super().__init__()
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("width", width)
+        if check_positive_int("image_size", image_size) < RESNET8_MIN_IMAGE_SIZE:
+            raise ModelConfigError(f"resnet8 halves the image twice and needs images of at least "
+                                   f"{RESNET8_MIN_IMAGE_SIZE}×{RESNET8_MIN_IMAGE_SIZE}, got image_size={image_size}")
+        if activation not in _ACTIVATIONS:
+            raise ModelConfigError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        act = _ACTIVATIONS[activation]
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act = act()
+        self.layer1 = nn.Sequential(_basic_block(width, width, 1, act))
+        self.layer2 = nn.Sequential(_basic_block(width, 2 * width, 2, act))
+        self.layer3 = nn.Sequential(_basic_block(2 * width, 4 * width, 2, act))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(check_dropout(dropout))
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)`` of images ``(N, C, H, W)``."""
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.dropout(self.avgpool(x).flatten(-3)))
+
+
+RESNET8_MIN_IMAGE_SIZE = 4
+
+
+@MODELS.register("resnet8")
+def resnet8(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    *,
+    image_size: int = 32,
+    width: int = 16,
+    activation: Literal["relu", "silu"] = "relu",
+    dropout: float = 0.0,
+) -> ResNet8:
+    """ResNet-8 with BatchNorm: the CPU-scale stand-in for ResNet-18 in the hospital scenario (see :class:`ResNet8`).
+
+    Parameters
+    ----------
+    num_classes, in_channels
+        Output logits and input channels.
+    image_size
+        Input height and width; only checked (at least 4), the network is fully convolutional.
+    width
+        Channels of the first stage ``w`` (stages have w, 2w, 4w).
+    activation
+        ``"relu"`` (He et al.) or ``"silu"``: SiLU everywhere, smooth and twice differentiable, which lets
+        optimisation attacks follow second-order information that ReLU's kinks cut off.
+    dropout
+        Rate of the ``nn.Dropout`` (attribute ``dropout``) before ``fc``.
+    """
+    return ResNet8(num_classes, in_channels, image_size=image_size, width=width, activation=activation,
+                   dropout=dropout)

@@ -44,6 +44,7 @@ DEFAULT_INPUTS: dict[str, tuple[str, tuple[int, int, int]]] = {
     "lenet": ("CIFAR-10", (3, 32, 32)),
     "convnet": ("CIFAR-10", (3, 32, 32)),
     "resnet18": ("CIFAR-10", (3, 32, 32)),
+    "resnet8": ("PneumoniaMNIST padded to 32×32", (1, 32, 32)),
     "mlp": ("MNIST", (1, 28, 28)),
     "vit": ("CIFAR-10", (3, 32, 32)),
 }
