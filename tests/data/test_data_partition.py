@@ -85,10 +85,28 @@ def test_partition_by_sizes_options() -> None:
     )
 
 
+def test_balanced_sizes_that_are_not_multiples_of_the_classes() -> None:
+    """As balanced as the size allows: size // K of every class, one more of size % K distinct classes."""
+    labels = np.repeat(np.arange(10), 30)  # 10 classes, as CIFAR-10
+    for seed in range(5):
+        parts = partition_by_sizes(labels, [8, 12, 25, 1], balanced=True, seed=seed, single_class=0,
+                                   shared={3: (0, 1)})
+        counts = [np.bincount(labels[p], minlength=10) for p in parts[:3]]
+        for size, c in zip([8, 12, 25], counts, strict=True):
+            assert c.sum() == size and c.max() - c.min() <= 1 and (c >= size // 10).all()
+        # the hospital table's one-image client reuses an image of class 0 of client 0: client 0 must hold one
+        assert counts[0][0] == 1 and labels[parts[3]].tolist() == [0] and parts[3][0] in parts[0]
+        assert _disjoint(parts[:3])
+    # sizes that are multiples draw exactly as before (the same partition for the same seed)
+    four = np.repeat(np.arange(4), 25)
+    a = partition_by_sizes(four, [8, 12], balanced=True, seed=3)
+    assert [p.tolist() for p in a] == [[76, 44, 12, 43, 13, 50, 65, 92],  # from the code before this change
+                                       [83, 23, 99, 46, 15, 71, 55, 66, 79, 0, 48, 29]]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"sizes": [6], "balanced": True}, "balanced size 6 is not a multiple of the 4 classes"),
         (
             {"sizes": [60, 48], "balanced": True},
             "ask for 27 distinct images of class 0 but the dataset has 25",

@@ -83,9 +83,10 @@ def partition_by_sizes(
     sizes
         Number of images of each client.
     balanced
-        Each client gets the same number of images of every class present in ``labels``; its size must then be
-        a multiple of the number of classes, except size 1, which is one image of ``single_class`` (or of a
-        random class).
+        Each client gets the same number of images of every class present in ``labels`` — as nearly as its size
+        allows: ``size // K`` of each of the ``K`` classes, and one more of ``size % K`` classes drawn at random
+        (a client whose images another client reuses through ``shared`` gets the classes that client needs
+        first). Size 1 is one image of ``single_class`` (or of a random class).
     seed
         Randomness for the selection and the order within each client.
     shared
@@ -103,9 +104,8 @@ def partition_by_sizes(
     Raises
     ------
     PartitionError
-        Negative sizes, a balanced size that is not a multiple of the number of classes, more images of a
-        class (or in total) than the dataset has, or an impossible sharing request; the message gives the
-        numbers.
+        Negative sizes, more images of a class (or in total) than the dataset has, or an impossible sharing
+        request; the message gives the numbers.
     """
     labels = _check_labels(labels)
     rng = as_rng(seed)
@@ -116,7 +116,6 @@ def partition_by_sizes(
         raise PartitionError("cannot partition an empty dataset")
     shared = {int(c): (int(s), int(k)) for c, (s, k) in (shared or {}).items()}
     present = np.unique(labels)
-    n_classes = len(present)
     _check_shared(shared, sizes)
 
     # class plan per client: {class: count} when balanced, None otherwise
@@ -133,12 +132,8 @@ def partition_by_sizes(
                 plans.append({int(single_class): 1})
             else:
                 plans.append({})  # class drawn later (from the source's classes when shared)
-        elif size % n_classes:
-            raise PartitionError(
-                f"client {client}: balanced size {size} is not a multiple of the {n_classes} classes present"
-            )
         else:
-            plans.append({int(c): size // n_classes for c in present})
+            plans.append(_balanced_plan(size, present, _needed_classes(client, shared, sizes, single_class), rng))
 
     _check_demand(labels, sizes, plans, shared)
 
@@ -208,6 +203,29 @@ def partition_by_sizes(
                 parts[c] = build(c)
         pending = [c for c in pending if parts[c] is None]
     return [p for p in parts if p is not None]
+
+
+def _needed_classes(client: int, shared: Mapping[int, tuple[int, int]], sizes: Sequence[int],
+                    single_class: int | None) -> list[int]:
+    """Classes ``client`` must hold because a size-1 client of ``single_class`` reuses one of its images."""
+    if single_class is None:
+        return []
+    return [int(single_class) for c, (source, _) in shared.items() if source == client and sizes[c] == 1]
+
+
+def _balanced_plan(size: int, present: np.ndarray, needed: Sequence[int], rng: np.random.Generator) -> dict[int, int]:
+    """``size // K`` images of each of the ``K`` classes, plus one of ``size % K`` classes (``needed`` ones first,
+    the rest at random). Sizes that are multiples of ``K`` draw nothing from ``rng``."""
+    k = len(present)
+    plan = {int(c): size // k for c in present}
+    extra = size % k
+    if extra:
+        first = [c for c in dict.fromkeys(int(c) for c in needed) if c in plan and plan[c] == 0][:extra]
+        others = [int(c) for c in present if int(c) not in first]
+        chosen = first + [int(c) for c in rng.choice(others, size=extra - len(first), replace=False)]
+        for c in chosen:
+            plan[c] += 1
+    return {c: n for c, n in plan.items() if n}
 
 
 def _check_demand(

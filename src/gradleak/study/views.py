@@ -12,6 +12,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,8 @@ from gradleak.fl.recipe import LocalRecipe
 from gradleak.fl.store import UpdateStore
 from gradleak.records import ClientUpdate, GlobalState, ModelSpec, ServerView
 
-__all__ = ["DataContext", "data_context", "domain_prior", "recipe_from_update", "server_view", "view_from_store"]
+__all__ = ["DataContext", "data_context", "domain_prior", "output_classes", "recipe_from_update", "server_view",
+           "view_from_store"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,31 @@ class DataContext:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+
+def output_classes(module: nn.Module, image_shape: Sequence[int]) -> int:
+    """The number of logits ``module`` returns for one input of ``image_shape`` (run once, in eval mode).
+
+    The attacker's label space is the model's output, whatever the dataset's metadata says: a 10-class model
+    trained on a 2-class dataset still computes its loss over 10 logits."""
+    import torch
+
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            param = next(module.parameters(), None)
+            x = torch.zeros(1, *image_shape, dtype=param.dtype if param is not None else torch.float32)
+            out = module(x)
+    except Exception as exc:  # a model that does not fit the input: one clear line
+        raise GradleakError(f"the model does not run on one {tuple(image_shape)} input: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        module.train(training)
+    if not hasattr(out, "shape") or out.dim() != 2 or out.shape[0] != 1:
+        raise GradleakError(f"the model must return logits (N, num_classes); it returned shape "
+                            f"{tuple(getattr(out, 'shape', ()))} for one input")
+    return int(out.shape[-1])
 
 
 def data_context(dataset: str, *, image_size: int | None = None, root: str | None = None,
@@ -145,6 +172,9 @@ def view_from_store(
         raise GradleakError(f"{store.path}: no global state of round {round} (recorded: {store.global_rounds()})")
     update = store.load_update(round, client, model=module)
     state = store.load_global(round, model=module)
+    classes = output_classes(module, context.image_shape)
+    if classes != context.num_classes:
+        context = dataclasses.replace(context, num_classes=classes)
     return server_view(update, state, model, context,
                        recipe=recipe_from_update(update, fallback=recipe, step_transforms=step_transforms),
                        prior=prior, labels=labels, defenses=defenses)
