@@ -200,8 +200,9 @@ def demo(
     started = time.perf_counter()
     try:
         config = _demo_config(out, rounds, iterations, executor)
+        arms = ", ".join(a.label or a.name or "undefended" for a in config.defenses) or "undefended"
         console.print(f"[bold]gradleak demo[/]: {config.scenario.preset} scenario on the bundled sample, "
-                      f"{len(config.attacks)} attacks, sigma0 in {config.defenses[0].grid['sigma0']}")
+                      f"{config.scenario.rounds} rounds, defenses: {arms}; {len(config.attacks)} attacks")
         result = run_study(config, console=console)
         report = build_report(result.out)
     except GradleakError as exc:
@@ -211,8 +212,7 @@ def demo(
     summary = {"seconds": seconds, "units_run": result.ran, "units_skipped": result.skipped,
                "results": str(result.results_csv), "report": str(report.html)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    for line in report.summary:
-        console.print(f"• {line}")
+    _print_report(report)
     console.print(f"results table: {result.results_csv} (and .parquet)")
     console.print(f"demo output written to [bold]{out.resolve()}[/] in {seconds} s; report: [bold]{report.html}[/]")
 
@@ -263,9 +263,19 @@ def report_(out: Path = typer.Argument(..., metavar="DIR", help="a study's outpu
     except GradleakError as exc:
         _fail(exc)
         return
-    for line in report.summary:
-        console.print(f"• {line}")
+    _print_report(report)
     console.print(f"report: [bold]{report.html}[/] ({len(report.figures)} figures)")
+
+
+def _print_report(report) -> None:
+    """The report's recommendation and verdicts, then its detail sentences."""
+    from rich.markup import escape
+
+    console.print(f"[bold]{escape(report.recommendation)}[/]")
+    for line in report.verdicts:
+        console.print(f"• {escape(line)}")
+    for line in report.summary:
+        console.print(f"  {escape(line)}", style="dim")
 
 
 def _parse_options(pairs: list[str]) -> dict:

@@ -96,7 +96,9 @@ def test_bundled_demo_config_is_valid() -> None:
 
     config = load_config(demo_config_path())
     plan = plan_study(config)
-    assert [s.defense_values["sigma0"] for s in plan.settings] == [0, 10, 30]
+    assert [s.label for s in plan.settings] == ["undefended", "local-gaussian sigma0=0.1", "local-gaussian sigma0=0.3",
+                                                "local-gaussian sigma0=1"]
+    assert len(plan.fl_units) == 4 * 3  # three training seeds per setting measure the accuracy
     fedavg = [u for u in plan.attack_units if u.attack.name == "fedavg-inversion"]
-    assert sorted({u.client for u in fedavg}) == [0, 4, 8] and sorted({u.round for u in fedavg}) == [0, 3]
+    assert sorted({u.client for u in fedavg}) == [0, 4, 8] and sorted({u.round for u in fedavg}) == [19]
     assert {u.attack.name for u in plan.attack_units} == {"fedavg-inversion", "imprint"}

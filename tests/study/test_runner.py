@@ -48,14 +48,20 @@ def test_two_setting_grid_grades_every_unit_against_scikit_image(reference: Path
         arrays = load_unit_arrays(reference, row["unit"])
         record = load_unit(reference, row["unit"])
         assert row["n_matched"] == row["num_images"] == len(arrays["truth"]) == {0: 2, 2: 1}[row["client"]]
-        # the table's SSIM is scikit-image's on the paired images stored with the unit
-        ref = [structural_similarity(t[0].astype(np.float64), p[0].astype(np.float64), data_range=1.0,
-                                     gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        # the table's SSIM is scikit-image's default on the paired images stored with the unit
+        ref = [structural_similarity(t[0].astype(np.float64), p[0].astype(np.float64), data_range=1.0)
                for t, p in zip(arrays["truth"], arrays["paired"], strict=True)]
         assert record["ssim_per_image"] == pytest.approx(ref, abs=1e-5)
         assert row["ssim_mean"] == pytest.approx(float(np.mean(ref)), abs=1e-5)
         assert row["asr"] == pytest.approx(float(np.mean(np.asarray(ref) > 0.5)))
         assert row["local_steps"] == 1 and row["batch_size"] == row["num_images"]
+        # the leak verdict: above τ, closer to the original than the prior is, and closer to it than to the prior
+        prior = arrays["prior"][0].astype(np.float64)
+        prior_ssim = [structural_similarity(t[0].astype(np.float64), prior, data_range=1.0) for t in arrays["truth"]]
+        to_prior = [structural_similarity(p[0].astype(np.float64), prior, data_range=1.0) for p in arrays["paired"]]
+        leaks = [s > 0.5 and s > p and s > q for s, p, q in zip(ref, prior_ssim, to_prior, strict=True)]
+        assert record["leak_rule"] == "prior" and record["leak_per_image"] == leaks
+        assert row["n_leaks"] == sum(leaks) and row["iterations"] == 3 and row["restarts"] == 1
     settings = read_table(reference / "settings.csv")
     assert [s["defense.sigma0"] for s in settings] == [0, 10] and all(s["epsilon"] is None for s in settings)
 

@@ -34,6 +34,12 @@ class Defense:
     stage: ClassVar[Stage]
     name: ClassVar[str] = ""
 
+    @property
+    def noop(self) -> bool:
+        """Whether this configuration leaves everything unchanged (e.g. ``local-gaussian`` with σ0 = 0): a study
+        setting made only of no-ops is an undefended baseline."""
+        return False
+
     def to_json(self) -> dict[str, Any]:
         """Registry name and options (rebuild with ``DEFENSES.create(name, **options)``)."""
         from dataclasses import fields

@@ -42,6 +42,10 @@ class LocalGaussian(Defense):
         if not 0 < self.percentile <= 100:
             raise ValueError(f"local-gaussian: percentile must be in (0, 100], got {self.percentile}")
 
+    @property
+    def noop(self) -> bool:
+        return self.sigma0 == 0
+
     def noise_std(self, update: ClientUpdate) -> float:
         """σ for this update."""
         return float(self.sigma0 * percentile_scale(update.delta, self.percentile))
@@ -68,6 +72,10 @@ class Laplace(Defense):
             raise ValueError(f"laplace: b0 must be >= 0, got {self.b0}")
         if not 0 < self.percentile <= 100:
             raise ValueError(f"laplace: percentile must be in (0, 100], got {self.percentile}")
+
+    @property
+    def noop(self) -> bool:
+        return self.b0 == 0
 
     def __call__(self, update: ClientUpdate, generator: torch.Generator | None = None) -> ClientUpdate:
         if self.b0 == 0:

@@ -188,7 +188,9 @@ def resnet8(
     activation: Literal["relu", "silu"] = "relu",
     dropout: float = 0.0,
 ) -> ResNet8:
-    """ResNet-8 with BatchNorm: the CPU-scale stand-in for ResNet-18 in the hospital scenario (see :class:`ResNet8`).
+    """ResNet-8 with BatchNorm, the CPU-scale stand-in for ResNet-18 in the hospital scenario.
+
+    The architecture is :class:`ResNet8`'s.
 
     Parameters
     ----------

@@ -29,6 +29,8 @@ class StudyData:
     attacks: list[dict[str, Any]]
     missing: int = 0
     attack_labels: dict[int, str] = field(default_factory=dict)
+    missing_settings: tuple[str, ...] = ()
+    """Keys of the settings with unfinished attack units."""
 
     @property
     def resamples(self) -> int:
@@ -73,18 +75,22 @@ def load_study(out: str | Path) -> StudyData:
     settings = []
     for s in plan["settings"]:
         if unit_done(out, s["unit"]):
-            settings.append({**s, "fl": load_unit(out, s["unit"])})
-    attacks, missing = [], 0
+            replicates = [load_unit(out, u) for u in s.get("replicates", [s["unit"]]) if unit_done(out, u)]
+            settings.append({**s, "fl": load_unit(out, s["unit"]), "replicate_records": replicates})
+    attacks, missing, missing_settings = [], 0, set()
     for u in plan["attack_units"]:
         if unit_done(out, u["unit"]):
             attacks.append(load_unit(out, u["unit"]))
         else:
             missing += 1
+            missing_settings.add(u.get("setting"))
     if not settings:
         raise GradleakError(f"{out}: no finished federation yet; run the study (gradleak run CONFIG)")
+    keys = {s["key"] for s in settings}
+    attacks = [a for a in attacks if a.get("setting") in keys]
     labels = {i: a.get("label") or a["name"] for i, a in enumerate(plan["config"].get("attacks", []))}
     return StudyData(out=out, config=plan["config"], settings=settings, attacks=attacks, missing=missing,
-                     attack_labels=labels)
+                     attack_labels=labels, missing_settings=tuple(sorted(str(k) for k in missing_settings)))
 
 
 @dataclass(frozen=True)
@@ -103,9 +109,9 @@ def finite(values: Iterable[Any]) -> list[float]:
 
 
 def band(rows: Sequence[dict[str, Any]], x: Callable[[dict[str, Any]], Any], values: Callable[[dict[str, Any]], list],
-         *, resamples: int, confidence: float, seed: int = 0) -> Band | None:
-    """Group ``rows`` by ``x(row)`` and bootstrap the mean of the pooled ``values(row)``; ``None`` when fewer than
-    two x values have data."""
+         *, resamples: int, confidence: float, seed: int = 0, min_x: int = 2) -> Band | None:
+    """Group ``rows`` by ``x(row)`` and bootstrap the mean of the pooled ``values(row)`` (a point with one value
+    has no band); ``None`` when fewer than ``min_x`` x values have data."""
     groups: dict[float, list[float]] = defaultdict(list)
     for row in rows:
         xv = x(row)
@@ -113,7 +119,7 @@ def band(rows: Sequence[dict[str, Any]], x: Callable[[dict[str, Any]], Any], val
             continue
         groups[float(xv)].extend(finite(values(row)))
     xs = sorted(k for k, v in groups.items() if v)
-    if len(xs) < 2:
+    if len(xs) < max(1, min_x):
         return None
     out = Band([], [], [], [], [])
     for xv in xs:

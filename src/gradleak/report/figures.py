@@ -19,10 +19,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from gradleak.report.data import StudyData, band, param_value, short
+from gradleak.report.data import StudyData, band, finite, param_value, short
+from gradleak.report.verdict import GroupVerdict, image_leaks, is_baseline, ordered_settings, row_leaks, utility
 from gradleak.study.results import load_unit_arrays
 
-__all__ = ["Figure", "curves_vs_param", "curves_vs_training", "recon_grids", "save_image_row", "tsne_figure"]
+__all__ = ["Figure", "accuracy_curves", "curves_vs_param", "curves_vs_training", "evidence_figures", "recon_grids",
+           "save_image_row", "tsne_figure"]
 
 MAX_COLUMNS = 8
 
@@ -59,6 +61,21 @@ def save_image_row(images: Any, path: Path, *, title: str = "") -> Path:
     return path
 
 
+def _arrays(data: StudyData, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """A unit's image arrays when they are complete and consistent (truth and paired reconstructions of one shape)."""
+    try:
+        arrays = load_unit_arrays(data.out, str(row.get("unit")))
+    except Exception:  # an unreadable npz: the figure is skipped, the report goes on
+        return None
+    truth, paired = arrays.get("truth"), arrays.get("paired")
+    if truth is None or paired is None or truth.ndim != 4 or paired.shape != truth.shape or not len(truth):
+        return None
+    prior = arrays.get("prior")
+    if prior is not None and prior.shape != truth.shape[1:]:
+        arrays = {k: v for k, v in arrays.items() if k != "prior"}
+    return arrays
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
 
@@ -74,8 +91,8 @@ def recon_grids(data: StudyData, folder: Path) -> list[Figure]:
         rows = sorted(rows, key=lambda r: r["round"])
         blocks = []
         for row in rows:
-            arrays = load_unit_arrays(data.out, row["unit"])
-            if "truth" not in arrays:
+            arrays = _arrays(data, row)
+            if arrays is None:
                 continue
             blocks.append((row, arrays))
         if not blocks:
@@ -92,6 +109,7 @@ def recon_grids(data: StudyData, folder: Path) -> list[Figure]:
         fig, ax = plt.subplots(figsize=(0.55 * ncols * tile_w / 16 + 1.6, 0.55 * nrows * tile_h / 16 + 0.5))
         for b, (row, arrays) in enumerate(blocks):
             ssims = row.get("ssim_per_image") or []
+            leaks = image_leaks(row, data.tau)
             for k, kind in enumerate(kinds):
                 r = b * len(kinds) + k
                 ax.text(-4, r * tile_h + height / 2, f"round {row['round']}\n{kind}" if k == 0 else kind,
@@ -104,7 +122,10 @@ def recon_grids(data: StudyData, folder: Path) -> list[Figure]:
                     mosaic[r * tile_h:r * tile_h + height, c * tile_w:c * tile_w + width] = tile.transpose(1, 2, 0)
                     if kind == "reconstruction":
                         s = ssims[c] if c < len(ssims) else None
-                        text = "not recovered" if s is None or np.isnan(image).all() else f"SSIM {s:.2f}"
+                        if s is None or not np.isfinite(s) or np.isnan(image).all():
+                            text = "not recovered"
+                        else:
+                            text = f"SSIM {s:.2f} · {'leak' if c < len(leaks) and leaks[c] else 'no leak'}"
                         ax.text(c * tile_w + width / 2, r * tile_h + height + caption / 2, text, ha="center",
                                 va="center", fontsize=5.5)
         ax.imshow(mosaic, interpolation="nearest")
@@ -116,8 +137,9 @@ def recon_grids(data: StudyData, folder: Path) -> list[Figure]:
         shown = sum(len(a["truth"]) for _, a in blocks)
         figures.append(Figure(path, f"{label}: client {client}, {setting}",
                               f"Client {client}'s training images (original), the attack's reconstruction paired "
-                              f"with each by SSIM, and the attacker's prior; {shown} image(s) over "
-                              f"{len(blocks)} round(s), first {ncols} shown per round.", "Reconstructions"))
+                              f"with each by SSIM with its verdict under the leak rule, and the attacker's prior; "
+                              f"{shown} image(s) over {len(blocks)} round(s), first {ncols} shown per round.",
+                              "Reconstructions"))
     return figures
 
 
@@ -145,54 +167,135 @@ def _param_of(data: StudyData, row: dict[str, Any], param: str) -> float | None:
     return param_value(data, row, param)
 
 
+def _baseline_values(data: StudyData, rows: Sequence[dict[str, Any]], param: str, values: Any) -> list[float]:
+    """Pooled values of the rows of undefended settings that have no value of ``param`` (drawn as a reference)."""
+    out: list[float] = []
+    for row in rows:
+        setting = data.setting(row["setting"])
+        if is_baseline(setting) and param_value(data, row, param) is None:
+            out += finite(values(row))
+    return out
+
+
+def _leak_share(data: StudyData, rows: Sequence[dict[str, Any]]) -> float | None:
+    k = n = 0
+    for row in rows:
+        found = row_leaks(row, data.tau)
+        if found is not None:
+            k, n = k + found[0], n + found[1]
+    return k / n if n else None
+
+
+def _per_param_plot(ax: Any, data: StudyData, rows_by_client: dict[int, list[dict[str, Any]]], param: str,
+                    values: Any, kw: dict[str, Any]) -> bool:
+    """One band per client against ``param`` and a dashed line at each client's undefended value."""
+    x = functools.partial(_param_of, data, param=param)
+    drawn = False
+    for c, rs in rows_by_client.items():
+        b = band(rs, x, values, min_x=1, **kw)
+        base = _baseline_values(data, rs, param, values)
+        color = None
+        if b is not None:
+            line, = ax.plot(b.x, b.mean, marker="o", label=f"client {c}")
+            color = line.get_color()
+            if any(lo != hi for lo, hi in zip(b.low, b.high, strict=True)):
+                ax.fill_between(b.x, b.low, b.high, alpha=0.2, color=color)
+            drawn = True
+        if base:
+            ax.axhline(float(np.mean(base)), color=color or "black", ls="--", lw=1,
+                       label=f"client {c} undefended" if b is not None else f"client {c} (undefended only)")
+            drawn = True
+    return drawn
+
+
 def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
-    """Per attack and numeric grid parameter: SSIM per client and test accuracy; RDLV per client; IIP and
-    embedding cosine — each against the parameter, with bootstrap bands over images (SSIM, RDLV, cosine) or
-    attacked updates (IIP)."""
+    """Per attack and numeric defense parameter, with the undefended baseline as dashed reference lines: SSIM per
+    client and the test accuracy of each setting (mean ± sd over training seeds, majority-class rate); the share
+    of images that leak under the one rule; RDLV per client; IIP and embedding cosine. Bootstrap bands over
+    images (SSIM, RDLV, cosine) or attacked updates (IIP)."""
     figures = []
     kw = {"resamples": data.resamples, "confidence": data.confidence}
+    baselines = [s for s in data.settings if is_baseline(s)]
     for param in data.numeric_params():
         name = short(param)
-        acc = [(param_value(data, {"setting": s["key"]}, param), s["fl"].get("final_test_accuracy"))
-               for s in data.settings]
-        acc = sorted((x, y) for x, y in acc if x is not None and y is not None)
+        acc = []
+        for s in data.settings:
+            xv, u = param_value(data, {"setting": s["key"]}, param), utility(s)
+            if xv is not None and u.mean is not None and not (is_baseline(s) and xv is None):
+                acc.append((xv, u.mean, u.sd or 0.0))
+        acc.sort()
+        base_acc = [utility(b) for b in baselines if param_value(data, {"setting": b["key"]}, param) is None]
+        majority = next((utility(s).majority for s in data.settings if utility(s).majority is not None), None)
         for index, rows in sorted(data.by_attack().items()):
             label = data.attack_labels.get(index, rows[0]["attack"])
-            x = functools.partial(_param_of, data, param=param)
             clients = _per_client(rows)
-            ssim = {c: band(rs, x, lambda r: r.get("ssim_per_image") or [], **kw) for c, rs in clients.items()}
-            if any(ssim.values()):
-                fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-                for c, b in ssim.items():
-                    if b is not None:
-                        _band_plot(left, b, f"client {c}")
+            fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+            if _per_param_plot(left, data, clients, param, lambda r: r.get("ssim_per_image") or [], kw):
                 left.axhline(data.tau, color="gray", ls=":", lw=1, label=f"τ = {data.tau}")
                 left.set(xlabel=name, ylabel="SSIM", title=f"{label}: SSIM vs {name}")
-                left.legend(fontsize=7)
-                if len(acc) >= 2:
-                    right.plot([a for a, _ in acc], [b for _, b in acc], marker="s", color="black")
+                left.legend(fontsize=6)
+                if acc or base_acc:
+                    if acc:
+                        right.errorbar([a for a, _, _ in acc], [m for _, m, _ in acc], yerr=[e for _, _, e in acc],
+                                       marker="s", color="black", capsize=3, label="defended")
+                    for u in base_acc[:1]:
+                        if u.mean is not None:
+                            right.axhline(u.mean, color="black", ls="--", lw=1, label="undefended")
+                    if majority is not None:
+                        right.axhline(majority, color="gray", ls=":", lw=1, label="majority class")
                     right.set(xlabel=name, ylabel="test accuracy", title=f"final global model vs {name}")
+                    right.legend(fontsize=6)
                 else:
                     right.axis("off")
                 path = _save(fig, folder / f"ssim-accuracy-vs-{_slug(name)}-a{index}.png")
                 figures.append(Figure(path, f"{label}: SSIM and accuracy vs {name}",
                                       f"Mean SSIM of each client's reconstructions ({data.confidence:.0%} bootstrap "
-                                      f"band over images and rounds) and the final test accuracy of each setting's "
-                                      "global model.", "Leakage and utility"))
-            rdlv = {c: band(rs, x, lambda r: r.get("rdlv_per_image") or [], **kw) for c, rs in clients.items()}
-            if any(rdlv.values()):
+                                      "band over images and rounds; dashed: the same client without defense) and the "
+                                      "final test accuracy of each setting's global model (mean ± sd over training "
+                                      "seeds; dashed: undefended; dotted: always predicting the majority class).",
+                                      "Leakage and utility"))
+            else:
+                plt.close(fig)
+            groups = _per_client(rows)
+            shares = {c: sorted((xv, v) for xv, v in (
+                (xv, _leak_share(data, [r for r in rs if param_value(data, r, param) == xv]))
+                for xv in {param_value(data, r, param) for r in rs} if xv is not None) if v is not None)
+                for c, rs in groups.items()}
+            base_shares = {c: _leak_share(data, [r for r in rs if is_baseline(data.setting(r["setting"]))
+                                                 and param_value(data, r, param) is None]) for c, rs in groups.items()}
+            if any(shares.values()) or any(v is not None for v in base_shares.values()):
                 fig, ax = plt.subplots(figsize=(5.5, 3.4))
-                for c, b in rdlv.items():
-                    if b is not None:
-                        _band_plot(ax, b, f"client {c}")
+                for c in groups:
+                    color = None
+                    if shares[c]:
+                        line, = ax.plot([a for a, _ in shares[c]], [b for _, b in shares[c]], marker="o",
+                                        label=f"client {c}")
+                        color = line.get_color()
+                    if base_shares[c] is not None:
+                        ax.axhline(base_shares[c], color=color or "black", ls="--", lw=1,
+                                   label=f"client {c} undefended")
+                ax.set(xlabel=name, ylabel="share of images that leak", ylim=(-0.05, 1.05),
+                       title=f"{label}: leaks vs {name}")
+                ax.legend(fontsize=6)
+                path = _save(fig, folder / f"leaks-vs-{_slug(name)}-a{index}.png")
+                figures.append(Figure(path, f"{label}: share of images that leak vs {name}",
+                                      "Share of each client's attacked images that leak under the report's one rule "
+                                      "(dashed: the same client without defense). Zero means no leak was found "
+                                      "within the attack budget — not that none exists.", "Leakage and utility"))
+            fig, ax = plt.subplots(figsize=(5.5, 3.4))
+            if _per_param_plot(ax, data, clients, param, lambda r: r.get("rdlv_per_image") or [], kw):
                 ax.axhline(0, color="gray", ls=":", lw=1)
                 ax.set(xlabel=name, ylabel="RDLV (%)", title=f"{label}: RDLV vs {name}")
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=6)
                 path = _save(fig, folder / f"rdlv-vs-{_slug(name)}-a{index}.png")
                 figures.append(Figure(path, f"{label}: RDLV vs {name}",
                                       "Relative data leakage value 100·(SSIM(T,I) − SSIM(T,P))/SSIM(T,P): how much "
-                                      "closer the reconstruction is to the training image than the prior; "
-                                      f"{data.confidence:.0%} bootstrap bands over images.", "Leakage and utility"))
+                                      "closer the reconstruction is to the training image than the prior (> 0: "
+                                      f"closer); {data.confidence:.0%} bootstrap bands over images; dashed: without "
+                                      "defense.", "Leakage and utility"))
+            else:
+                plt.close(fig)
+            x = functools.partial(_param_of, data, param=param)
             iip = band(rows, x, lambda r: [r.get("iip_fl")], **kw)
             cos = band(rows, x, lambda r: r.get("cosine_per_image") or [], **kw)
             if iip or cos:
@@ -209,6 +312,92 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
                                       "cosine similarity of paired embeddings, with bootstrap bands.",
                                       "Leakage and utility"))
     return figures
+
+
+def accuracy_curves(data: StudyData, folder: Path) -> list[Figure]:
+    """Test accuracy of the global model after every round, one line per setting (mean over its training seeds,
+    band from the lowest to the highest seed), the undefended baseline dashed, the majority-class rate dotted."""
+    curves = []
+    for s in ordered_settings(data):
+        per_seed: list[dict[int, float]] = []
+        for record in s.get("replicate_records") or [s.get("fl") or {}]:
+            points = {}
+            for m in record.get("history") or []:
+                if isinstance(m, dict) and finite([m.get("test_accuracy")]) and finite([m.get("round")]):
+                    points[int(m["round"])] = float(m["test_accuracy"])
+            if points:
+                per_seed.append(points)
+        rounds = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+        if rounds:
+            values = np.array([[p[r] for r in rounds] for p in per_seed])
+            curves.append((s, rounds, values))
+    if not curves or max(len(r) for _, r, _ in curves) < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for s, rounds, values in curves:
+        baseline = is_baseline(s)
+        xs = [r + 1 for r in rounds]
+        line, = ax.plot(xs, values.mean(0), ls="--" if baseline else "-", lw=1.6 if baseline else 1.2,
+                        label=s["label"] + (" (undefended)" if baseline else ""))
+        if len(values) > 1:
+            ax.fill_between(xs, values.min(0), values.max(0), alpha=0.15, color=line.get_color())
+    majority = next((utility(s).majority for s in data.settings if utility(s).majority is not None), None)
+    if majority is not None:
+        ax.axhline(majority, color="gray", ls=":", lw=1, label="majority class")
+    seeds = max(len(v) for _, _, v in curves)
+    ax.set(xlabel="round", ylabel="test accuracy", title="global model after each round")
+    ax.legend(fontsize=6)
+    path = _save(fig, folder / "accuracy-per-round.png")
+    return [Figure(path, "Test accuracy per round",
+                   f"Test accuracy of each setting's global model after every FedAvg round (mean over {seeds} "
+                   "training seed(s), band from the lowest to the highest), the undefended baseline dashed and the "
+                   "accuracy of always predicting the majority class dotted.", "Leakage and utility")]
+
+
+def evidence_figures(data: StudyData, folder: Path, verdicts: Sequence[GroupVerdict]) -> dict[int, Figure]:
+    """Per client group (by position in ``verdicts``): original | reconstruction | prior of its evidence unit
+    (first four images), each reconstruction captioned with its SSIM, RDLV and verdict."""
+    out: dict[int, Figure] = {}
+    for i, verdict in enumerate(verdicts):
+        row = verdict.evidence
+        if row is None:
+            continue
+        arrays = _arrays(data, row)
+        if arrays is None:
+            continue
+        ssims, rdlv = row.get("ssim_per_image") or [], row.get("rdlv_per_image") or []
+        leaks = image_leaks(row, data.tau)
+        # the leaked images first, then by SSIM: the strongest evidence, at most four
+        shown = sorted(range(len(arrays["truth"])), key=lambda j: (
+            not (j < len(leaks) and leaks[j]), -(ssims[j] if j < len(ssims) and finite([ssims[j]]) else -2.0)))[:4]
+        n = len(shown)
+        kinds = ["original", "reconstruction"] + (["prior"] if "prior" in arrays else [])
+        fig, axes = plt.subplots(len(kinds), n, figsize=(1.3 * n + 0.8, 1.45 * len(kinds)), squeeze=False)
+        for k, kind in enumerate(kinds):
+            for col, c in enumerate(shown):
+                ax = axes[k][col]
+                image = {"original": arrays["truth"][c], "reconstruction": arrays["paired"][c],
+                         "prior": arrays.get("prior", arrays["truth"][c])}[kind]
+                pixels, cmap = _gray(image)
+                ax.imshow(pixels, cmap=cmap, vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if col == 0:
+                    ax.set_ylabel(kind, fontsize=7)
+                if kind == "reconstruction":
+                    s_ = ssims[c] if c < len(ssims) and finite([ssims[c]]) else None
+                    r_ = rdlv[c] if c < len(rdlv) and finite([rdlv[c]]) else None
+                    text = "not recovered" if s_ is None else f"SSIM {s_:.2f}" + (
+                        f", RDLV {r_:+.0f} %" if r_ is not None else "")
+                    verdict_text = "leak" if c < len(leaks) and leaks[c] else "no leak"
+                    ax.set_xlabel(f"{text}\n{verdict_text}", fontsize=7)
+        setting = data.setting(row["setting"])["label"]
+        fig.suptitle(f"client {row.get('client')}, round {row.get('round')}, {setting}", fontsize=7)
+        path = folder / f"evidence-{i}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        out[i] = Figure(path, f"Evidence: {verdict.who()}", f"Round {row.get('round')}, {setting}.", "Verdict")
+    return out
 
 
 def curves_vs_training(data: StudyData, folder: Path) -> list[Figure]:

@@ -9,8 +9,17 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from gradleak.fl.safefile import atomic_write_bytes
 from gradleak.report.data import load_study
-from gradleak.report.figures import Figure, curves_vs_param, curves_vs_training, recon_grids, tsne_figure
+from gradleak.report.figures import (
+    Figure,
+    accuracy_curves,
+    curves_vs_param,
+    curves_vs_training,
+    evidence_figures,
+    recon_grids,
+    tsne_figure,
+)
 from gradleak.report.summary import privacy_utility_rows, summary_lines
+from gradleak.report.verdict import group_verdicts, recommendation, rule_statement, threat_model
 
 __all__ = ["Report", "build_report"]
 
@@ -19,11 +28,14 @@ SECTIONS = ("Leakage and utility", "Leakage and local training", "Reconstruction
 
 @dataclass(frozen=True)
 class Report:
-    """The written report: its HTML file, figures and summary sentences."""
+    """The written report: its HTML file, figures, the verdict sentences (one per client group), the
+    recommendation, and the detail sentences."""
 
     html: Path
     figures: tuple[Figure, ...]
     summary: tuple[str, ...]
+    verdicts: tuple[str, ...] = ()
+    recommendation: str = ""
 
 
 def build_report(out: str | Path) -> Report:
@@ -40,8 +52,11 @@ def build_report(out: str | Path) -> Report:
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):  # figures of an earlier report that the results may no longer support
         old.unlink()
-    figures = [*curves_vs_param(data, folder), *curves_vs_training(data, folder), *recon_grids(data, folder),
-               *tsne_figure(data, folder)]
+    verdicts = group_verdicts(data)
+    advice = recommendation(data, verdicts)
+    evidence = evidence_figures(data, folder, verdicts)
+    figures = [*accuracy_curves(data, folder), *curves_vs_param(data, folder), *curves_vs_training(data, folder),
+               *recon_grids(data, folder), *tsne_figure(data, folder)]
     summary = summary_lines(data)
     scenario = data.config.get("scenario", {})
     env = Environment(loader=PackageLoader("gradleak.report", "templates"),
@@ -50,10 +65,16 @@ def build_report(out: str | Path) -> Report:
         name=data.config.get("name", "study"),
         scenario=f"scenario {scenario.get('preset') or 'explicit'} on {scenario.get('dataset') or 'its dataset'}",
         n_settings=len(data.settings), n_units=len(data.attacks), missing=data.missing, summary=summary,
+        threat=threat_model(data), rule=rule_statement(data), recommendation=advice.sentence,
+        recommended=advice.setting is not None,
+        verdicts=[{"sentence": v.sentence, "leaks": v.leaks_anywhere,
+                   "image": f"report/{evidence[i].path.name}" if i in evidence else None,
+                   "caption": evidence[i].caption if i in evidence else ""} for i, v in enumerate(verdicts)],
         table=privacy_utility_rows(data), tau=data.tau, confidence=f"{data.confidence:.0%}",
         sections=[(s, [{"src": f"report/{f.path.name}", "title": f.title, "caption": f.caption}
                        for f in figures if f.section == s]) for s in SECTIONS if any(f.section == s for f in figures)],
     )
     path = out / "report.html"
     atomic_write_bytes(path, html.encode())
-    return Report(path, tuple(figures), tuple(summary))
+    return Report(path, (*evidence.values(), *figures), tuple(summary), tuple(v.sentence for v in verdicts),
+                  advice.sentence)

@@ -1,4 +1,5 @@
-"""The report's plain-language summary and privacy–utility table, generated from the numbers."""
+"""The report's detail sentences and privacy–utility table, generated from the numbers with the one leak rule
+(:mod:`gradleak.report.verdict`). The undefended baseline comes first in both."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import numpy as np
 
 from gradleak.metrics import bootstrap_ci
 from gradleak.report.data import StudyData, finite, param_value, short
+from gradleak.report.verdict import (
+    accuracy_cost,
+    budget_text,
+    is_baseline,
+    ordered_settings,
+    row_leaks,
+    utility,
+)
 
 __all__ = ["privacy_utility_rows", "summary_lines"]
 
@@ -21,115 +30,138 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
-def _images(rows: list[dict[str, Any]]) -> str:
-    counts = sorted({int(r["num_images"]) for r in rows})
-    if len(counts) == 1:
-        return f"{counts[0]} image" + ("s" if counts[0] != 1 else "")
-    return f"{counts[0]}–{counts[-1]} images"
+def _ci_text(values: list[float], data: StudyData) -> str:
+    """Mean with its bootstrap CI when there are at least two values; always n."""
+    if not values:
+        return "–"
+    if len(values) < 2:
+        return f"{values[0]:.3f} (n = 1)"
+    ci = bootstrap_ci(np.asarray(values), n_resamples=data.resamples, confidence=data.confidence, seed=0)
+    return f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}] (n = {len(values)})"
 
 
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+def _leak_counts(rows: list[dict[str, Any]], tau: float) -> tuple[int, int, int]:
+    """Leaked images, attacked images (of graded units) and ungraded units."""
+    k = n = ungraded = 0
+    for row in rows:
+        found = row_leaks(row, tau)
+        if found is None:
+            ungraded += 1
+        else:
+            k, n = k + found[0], n + found[1]
+    return k, n, ungraded
 
 
 def summary_lines(data: StudyData) -> list[str]:
-    """Sentences stating who leaks recognisable images (some image with SSIM > τ) at which parameter values,
-    what the defense costs in accuracy, and what a malicious server recovered."""
+    """Detail sentences: per attack, the verbatim recoveries of analytic attacks, the prior's own SSIM and the
+    mean RDLV along the grid parameter; the accuracy of every setting against the baseline; unfinished units."""
     lines: list[str] = []
-    params = data.numeric_params()
-    param = next((p for p in params if p.startswith("defense.")), params[0] if params else None)
-    tau = data.tau
+    params = [p for p in data.numeric_params() if p.startswith("defense.")]
+    param = params[0] if params else None
+    settings = {s["key"]: s for s in data.settings}
     for index, rows in sorted(data.by_attack().items()):
-        label = data.attack_labels.get(index, rows[0]["attack"])
-        clients: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            clients[int(row["client"])].append(row)
-        never: list[int] = []
-        for client, crows in sorted(clients.items()):
-            leaks = {}
-            for row in crows:
-                x = param_value(data, row, param) if param else None
-                hit = any(v > tau for v in finite(row.get("ssim_per_image") or []))
-                leaks[x] = leaks.get(x, False) or hit
-            tested = sorted(k for k in leaks if k is not None)
-            if not any(leaks.values()):
-                never.append(client)
-                continue
-            who = f"{label}: client {client} ({_images(crows)})"
-            if param is None or not tested:
-                lines.append(f"{who} leaks recognisable images (SSIM > {tau:g}).")
-                continue
-            leaking = [x for x in tested if leaks[x]]
-            name = short(param)
-            if len(leaking) == len(tested):
-                lines.append(f"{who} leaks recognisable images (SSIM > {tau:g}) at every tested {name} "
-                             f"({', '.join(_num(x) for x in tested)}).")
-            else:
-                safe = [x for x in tested if not leaks[x]]
-                where = (f"up to {name} = {_num(max(leaking))}" if max(leaking) < min(safe)
-                         else f"at {name} = {', '.join(_num(x) for x in leaking)}")
-                lines.append(f"{who} leaks recognisable images (SSIM > {tau:g}) {where}; not at {name} = "
-                             f"{', '.join(_num(x) for x in safe)}.")
-        if never:
-            nrows = [r for c in never for r in clients[c]]
-            where = f"any tested {short(param)}" if param else "any tested setting"
-            noun = "client" if len(never) == 1 else "clients"
-            lines.append(f"{label}: {noun} {_join([str(c) for c in never])} "
-                         f"({_images(nrows)}) {'does' if len(never) == 1 else 'do'} not leak recognisable images "
-                         f"(SSIM > {tau:g}) at {where}.")
+        rows = [r for r in rows if r.get("setting") in settings]
+        if not rows:
+            continue
+        label = data.attack_labels.get(index, str(rows[0].get("attack")))
+        k, n, ungraded = _leak_counts(rows, data.tau)
+        lines.append(f"{label}: {k} of {n} attacked image{'s' if n != 1 else ''} leak over {len(rows)} attacked "
+                     f"update{'s' if len(rows) != 1 else ''} in all settings ({budget_text(rows, data)})."
+                     + (f" {ungraded} update(s) returned no grades." if ungraded else ""))
         priors = finite(r.get("ssim_prior_mean") for r in rows)
-        if priors and float(np.mean(priors)) > tau:
-            lines.append(f"{label}: note that the attacker's prior image alone reaches SSIM {np.mean(priors):.2f} on "
-                         "these images; RDLV measures what the attack adds to it.")
-        expected = [r for r in rows if r.get("expected_recovery") is not None]
-        for row in expected:
-            ok = sum(1 for v in finite(row.get("ssim_per_image") or []) if v > 0.99)
-            lines.append(f"{label}: at {row['setting_label']}, round {row['round']}, {ok} of {row['num_images']} "
-                         f"images of client {row['client']} were recovered exactly (SSIM > 0.99); "
-                         f"{row['expected_recovery']:.1f} expected alone in their bin for {row['bins']} bins.")
-        rdlv = [(param_value(data, r, param), r.get("rdlv_mean")) for r in rows] if param else []
-        rdlv = [(x, v) for x, v in rdlv if x is not None and v is not None]
-        if len({x for x, _ in rdlv}) >= 2:
-            lo, hi = min(x for x, _ in rdlv), max(x for x, _ in rdlv)
-            mean = {x: float(np.mean([v for xx, v in rdlv if xx == x])) for x in (lo, hi)}
-            lines.append(f"{label}: mean RDLV (leakage beyond the prior) is {mean[lo]:.1f} % at {short(param)} = "
-                         f"{_num(lo)} and {mean[hi]:.1f} % at {short(param)} = {_num(hi)}.")
-    accuracy = [(s["label"], s["fl"].get("final_test_accuracy")) for s in data.settings]
-    accuracy = [(label, a) for label, a in accuracy if a is not None]
+        if priors:
+            lines.append(f"{label}: the attacker's prior image alone reaches SSIM {np.mean(priors):.2f} on the "
+                         "attacked images; a reconstruction that does not beat it is not a leak.")
+        for row in rows:
+            if row.get("leak_rule") != "verbatim" and row.get("expected_recovery") is None:
+                continue
+            verbatim = row.get("n_verbatim")
+            count = int(verbatim) if finite([verbatim]) else sum(
+                1 for v in finite(row.get("psnr_per_image") or []) if v >= 60.0)
+            setting = settings[row["setting"]]["label"]
+            text = (f"{label}: at {setting}, round {row.get('round')}, {count} of {row.get('num_images')} images of "
+                    f"client {row.get('client')} were recovered verbatim")
+            if finite([row.get("expected_recovery")]):
+                text += (f"; {float(row['expected_recovery']):.1f} expected alone in their bin for "
+                         f"{row.get('bins')} bins")
+            lines.append(text + ".")
+        if param is not None:
+            base_values: list[float] = []
+            per_x: dict[float, list[float]] = defaultdict(list)
+            for r in rows:
+                values = finite(r.get("rdlv_per_image") or [])
+                x = param_value(data, r, param)
+                if is_baseline(settings[r["setting"]]):
+                    base_values += values
+                elif x is not None:
+                    per_x[x] += values
+            xs = sorted(x for x, v in per_x.items() if v)
+            parts = [f"{np.mean(base_values):.1f} % without defense"] if base_values else []
+            parts += [f"{np.mean(per_x[x]):.1f} % at {short(param)} = {_num(x)}"
+                      for x in (xs[:1] + xs[-1:] if len(xs) >= 2 else xs)]
+            if len(parts) >= 2:
+                lines.append(f"{label}: mean RDLV (leakage beyond the prior; > 0 means closer than the prior) is "
+                             + ", ".join(parts) + ".")
+    baselines = [s for s in ordered_settings(data) if is_baseline(s)]
+    baseline = baselines[0] if baselines else None
+    accuracy = []
+    for s in ordered_settings(data):
+        u = utility(s)
+        if u.mean is None:
+            continue
+        cost = "" if s is baseline or baseline is None else f" ({accuracy_cost(s, baseline)})"
+        accuracy.append(f"{s['label']}{' (undefended)' if s is baseline else ''} {u.text()}{cost}")
     if accuracy:
-        rounds = data.settings[0]["fl"].get("rounds")
-        lines.append(f"Test accuracy of the global model after {rounds} rounds: "
-                     + "; ".join(f"{a:.3f} with {label}" for label, a in accuracy) + ".")
+        rounds = (data.settings[0].get("fl") or {}).get("rounds")
+        majority = utility(data.settings[0]).majority
+        lines.append(f"Test accuracy of the global model after {rounds} rounds: " + "; ".join(accuracy) + "."
+                     + (f" Always predicting the majority class scores {majority:.3f}." if majority is not None
+                        else ""))
+    if baseline is None:
+        lines.append("This study has no undefended baseline (add a defense arm `stack: []`), so no leak or accuracy "
+                     "can be compared with training without defense.")
     if data.missing:
-        lines.append(f"{data.missing} attack unit(s) have not finished; run the study again to complete them.")
+        lines.append(f"{data.missing} attack unit(s) have not finished; run the study again to complete them. "
+                     "The verdicts above cover finished units only.")
     return lines
 
 
 def privacy_utility_rows(data: StudyData) -> list[dict[str, str]]:
-    """One row per (setting, attack): SSIM with its bootstrap CI, ASR, RDLV, IIP (FL), test accuracy, ε."""
+    """One row per (setting, attack), the undefended baseline first: leaked images under the one rule, SSIM with
+    its bootstrap CI (n ≥ 2) and n, ASR, RDLV, IIP (FL), test accuracy over seeds, its cost against the baseline,
+    and ε."""
     out = []
-    for setting in data.settings:
-        fl = setting["fl"]
-        for index, rows in sorted(data.by_attack().items()):
-            rows = [r for r in rows if r["setting"] == setting["key"]]
-            if not rows:
-                continue
+    ordered = ordered_settings(data)
+    baselines = [s for s in ordered if is_baseline(s)]
+    baseline = baselines[0] if baselines else None
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in data.attacks:
+        groups[(row.get("setting"), int(row.get("attack_index", 0)))].append(row)
+    for setting in ordered:
+        fl = setting.get("fl") or {}
+        indices = sorted({i for (key, i) in groups if key == setting["key"]})
+        for index in indices:
+            rows = groups[(setting["key"], index)]
             ssims = [v for r in rows for v in finite(r.get("ssim_per_image") or [])]
-            ci = bootstrap_ci(np.asarray(ssims), n_resamples=data.resamples, confidence=data.confidence,
-                              seed=0) if ssims else None
             rdlv = [v for r in rows for v in finite(r.get("rdlv_per_image") or [])]
             iip = finite(r.get("iip_fl") for r in rows)
-            images = sum(int(r["num_images"]) for r in rows)
-            # ASR over every attacked image: an image no reconstruction was paired with counts as a failure
-            asr = sum(float(r["asr"]) * int(r["num_images"]) for r in rows) / images if images else None
+            k, n, ungraded = _leak_counts(rows, data.tau)
+            images = sum(int(r.get("num_images") or 0) for r in rows)
+            asr = [float(r["asr"]) * int(r.get("num_images") or 0) for r in rows if finite([r.get("asr")])]
             eps = fl.get("epsilon")
+            leaks = f"{k} of {n}" + (f" ({ungraded} ungraded)" if ungraded else "")
+            if any(r.get("leak_rule") == "verbatim" for r in rows):
+                leaks += " verbatim"
             out.append({
-                "setting": setting["label"], "attack": data.attack_labels.get(index, rows[0]["attack"]),
-                "updates": str(len(rows)), "images": str(images),
-                "ssim": "–" if ci is None else f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]",
-                "asr": _fmt(asr, 2), "rdlv": _fmt(float(np.mean(rdlv)) if rdlv else None, 1),
+                "setting": setting["label"] + (" (undefended)" if setting is baseline else ""),
+                "attack": data.attack_labels.get(index, str(rows[0].get("attack"))),
+                "updates": str(len(rows)), "images": str(images), "leaks": leaks,
+                "ssim": _ci_text(ssims, data),
+                "asr": _fmt(sum(asr) / images, 2) if asr and images else "–",
+                "rdlv": _fmt(float(np.mean(rdlv)) if rdlv else None, 1),
                 "iip": _fmt(float(np.mean(iip)) if iip else None, 2),
-                "accuracy": _fmt(fl.get("final_test_accuracy")),
+                "accuracy": utility(setting).text(),
+                "cost": "baseline" if setting is baseline else accuracy_cost(setting, baseline),
                 "epsilon": "– (no DP)" if eps is None else f"{eps:.2f} (δ = {fl.get('delta'):g})",
             })
     return out

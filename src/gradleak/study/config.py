@@ -49,6 +49,7 @@ __all__ = [
     "PriorConfig",
     "ScenarioConfig",
     "StudyConfig",
+    "UtilityConfig",
     "load_config",
     "parse_config",
 ]
@@ -190,6 +191,15 @@ class MetricsConfig(_Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
+class UtilityConfig(_Strict):
+    """How a setting's utility is measured: its federation is trained ``seeds`` times (different training seeds:
+    initialisation, shuffling, noise; the same clients and data) and the final test accuracy is reported as mean
+    and standard deviation over them, so that an accuracy difference between settings can be told apart from
+    run-to-run variation. The first run is the recorded one the attacks read; the others are not recorded."""
+
+    seeds: PositiveInt = 1
+
+
 class ExecutorConfig(_Strict):
     """``local`` (in-process, the default) or ``ray`` (``ray.init(address)``, local when ``address`` is null)."""
 
@@ -210,6 +220,7 @@ class StudyConfig(_Strict):
     defenses: list[DefenseArm] = Field(default_factory=list)
     attacks: list[AttackConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    utility: UtilityConfig = Field(default_factory=UtilityConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 

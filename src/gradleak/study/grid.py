@@ -20,7 +20,7 @@ import numpy as np
 from gradleak.errors import DatasetNotFoundError, GradleakError
 from gradleak.study.config import AttackConfig, ConfigError, DefenseItem, ScenarioConfig, StudyConfig
 
-__all__ = ["AttackUnit", "FLUnit", "Plan", "Setting", "build_scenario", "check_config", "plan_study"]
+__all__ = ["AttackUnit", "FLUnit", "Plan", "Setting", "build_scenario", "check_config", "fl_unit_id", "plan_study"]
 
 
 def content_key(data: Any, length: int = 10) -> str:
@@ -59,10 +59,12 @@ class Setting:
 
 @dataclass(frozen=True)
 class FLUnit:
-    """Simulate one setting's federation, recording every update."""
+    """Simulate one setting's federation: replicate 0 records every update (the attacks read it); replicates
+    ``1 .. utility.seeds - 1`` retrain it with other training seeds to measure run-to-run variation."""
 
     id: str
     setting: Setting
+    replicate: int = 0
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,8 @@ def plan_study(config: StudyConfig) -> Plan:
         if stages["aggregate"] and config.attacks:
             raise ConfigError(f"defenses: setting {s.label!r} uses secure aggregation; the server then sees no "
                               "client's own update, so the study's per-client attacks cannot run on it")
-    fl_units = tuple(FLUnit(id=f"fl-{s.slug}", setting=s) for s in settings)
+    fl_units = tuple(FLUnit(id=fl_unit_id(s, r), setting=s, replicate=r)
+                     for s in settings for r in range(config.utility.seeds))
     units = []
     for i, attack in enumerate(config.attacks):
         for s in settings:
@@ -301,6 +304,11 @@ def plan_study(config: StudyConfig) -> Plan:
     num_clients = max(counts.values()) if counts else 0
     return Plan(config=config, settings=tuple(settings), fl_units=fl_units, attack_units=tuple(units),
                 num_clients=num_clients, rounds=rounds)
+
+
+def fl_unit_id(setting: Setting, replicate: int = 0) -> str:
+    """The id of a setting's federation unit (replicate 0: the recorded one)."""
+    return f"fl-{setting.slug}" + (f"-seed{replicate}" if replicate else "")
 
 
 def _stages_or_fail(scenario: Any) -> tuple[Any, Any, dict[str, list[Any]]]:

@@ -45,13 +45,13 @@ __all__ = [
 RESULT_COLUMNS = (
     "unit", "setting", "setting_label", "arm", "attack", "attack_label", "round", "client", "num_images",
     "batch_size", "local_steps", "n_reconstructions", "n_matched", "ssim_mean", "psnr_mean", "mse_mean", "asr",
-    "label_accuracy", "ssim_prior_mean", "rdlv_mean", "iip", "iip_fl", "embedding_cosine", "expected_recovery",
-    "iterations",
+    "label_accuracy", "ssim_prior_mean", "rdlv_mean", "leak_rule", "n_leaks", "n_verbatim", "iip", "iip_fl",
+    "embedding_cosine", "expected_recovery", "iterations", "restarts",
 )
 #: Leading columns of ``settings.csv``.
 SETTING_COLUMNS = (
-    "setting", "setting_label", "arm", "rounds", "clients", "final_test_accuracy", "best_round",
-    "best_test_accuracy", "final_mean_val_accuracy", "epsilon", "delta",
+    "setting", "setting_label", "arm", "rounds", "clients", "final_test_accuracy", "accuracy_mean", "accuracy_sd",
+    "seeds", "majority_rate", "best_round", "best_test_accuracy", "final_mean_val_accuracy", "epsilon", "delta",
 )
 
 

@@ -32,7 +32,7 @@ from gradleak.fl.federation import FederationHook
 from gradleak.fl.safefile import atomic_write_bytes
 from gradleak.registry import Registry
 from gradleak.study.config import StudyConfig
-from gradleak.study.grid import AttackUnit, FLUnit, Plan, plan_study
+from gradleak.study.grid import AttackUnit, FLUnit, Plan, fl_unit_id, plan_study
 from gradleak.study.results import RESULT_COLUMNS, SETTING_COLUMNS, load_unit, unit_done, write_table
 from gradleak.study.units import run_attack_unit, run_fl_unit
 
@@ -112,7 +112,8 @@ class RayExecutor(Executor):
             fl_refs: dict[str, Any] = {}
             for unit in fl_units:
                 ref = fl_task.remote(config, unit, str(out))
-                fl_refs[unit.setting.key] = ref
+                if unit.replicate == 0:  # the recorded federation: the one the setting's attacks read
+                    fl_refs[unit.setting.key] = ref
                 pending[ref] = (fl_done, unit)
             for unit in attack_units:  # a pending federation's ref as argument: Ray runs the attack after it
                 ref = attack_task.remote(config, unit, str(out), fl_refs.get(unit.setting.key))
@@ -144,14 +145,28 @@ class _RoundBar(FederationHook):
         self.bar.update(self.task, advance=1)
 
 
+def utility_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation of the final test accuracy over a setting's replicate federations."""
+    values = [float(r["final_test_accuracy"]) for r in records if r.get("final_test_accuracy") is not None]
+    mean = sum(values) / len(values) if values else None
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if mean is not None and len(values) > 1 \
+        else None
+    return {"accuracy_mean": mean, "accuracy_sd": sd, "seeds": len(values)}
+
+
 def write_tables(plan: Plan, out: Path) -> tuple[Path, Path, Path, Path]:
-    """Rebuild ``results.{csv,parquet}`` and ``settings.{csv,parquet}`` from the finished units, in plan order."""
+    """Rebuild ``results.{csv,parquet}`` and ``settings.{csv,parquet}`` from the finished units, in plan order
+    (``settings``: one row per setting, its recorded federation's numbers and the utility over its replicates)."""
     keep = ("history", "defenses", "seconds", "kind", "attack_config", "attack_index")
     settings = []
-    for unit in plan.fl_units:
-        if unit_done(out, unit.id):
-            record = load_unit(out, unit.id)
-            settings.append({k: v for k, v in record.items() if k not in keep and k != "unit"})
+    for setting in plan.settings:
+        replicates = [load_unit(out, u.id) for u in plan.fl_units if u.setting.key == setting.key
+                      and unit_done(out, u.id)]
+        recorded = next((r for r in replicates if r.get("replicate", 0) == 0), None)
+        if recorded is None:
+            continue
+        row = {k: v for k, v in recorded.items() if k not in keep and k not in ("unit", "replicate", "training_seed")}
+        settings.append({**row, **utility_summary(replicates)})
     rows = []
     for unit in plan.attack_units:
         if unit_done(out, unit.id):
@@ -169,7 +184,8 @@ def _write_plan(plan: Plan, out: Path) -> None:
         "config": config.model_dump(mode="json"),
         "settings": [{"key": s.key, "slug": s.slug, "label": s.label, "arm": s.arm,
                       "defense_values": s.defense_values, "scenario_values": s.scenario_values,
-                      "defenses": s.defense_json(), "unit": f"fl-{s.slug}"} for s in plan.settings],
+                      "defenses": s.defense_json(), "unit": fl_unit_id(s),
+                      "replicates": [u.id for u in plan.fl_units if u.setting.key == s.key]} for s in plan.settings],
         "attack_units": [{"unit": u.id, "setting": u.setting.key, "attack": u.attack.name, "round": u.round,
                           "client": u.client} for u in plan.attack_units],
     }

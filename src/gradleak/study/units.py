@@ -20,11 +20,11 @@ import torch
 
 from gradleak.errors import GradleakError
 from gradleak.study.config import StudyConfig
-from gradleak.study.grid import AttackUnit, FLUnit, Setting, federation_of
+from gradleak.study.grid import AttackUnit, FLUnit, Setting, federation_of, fl_unit_id
 from gradleak.study.results import load_unit, write_unit
 from gradleak.study.views import DataContext, domain_prior, public_images, view_from_store
 
-__all__ = ["run_attack_unit", "run_fl_unit", "setting_store", "unit_seed"]
+__all__ = ["majority_rate", "run_attack_unit", "run_fl_unit", "setting_store", "training_seed", "unit_seed"]
 
 
 def unit_seed(seed: int, unit_id: str) -> int:
@@ -61,9 +61,24 @@ def _epsilon(scenario: Any, federation: Any, stages: dict[str, list[Any]], delta
     return worst
 
 
+def training_seed(seed: int, replicate: int) -> int:
+    """The simulation seed of a setting's federation: ``seed`` itself for the recorded run (replicate 0), a
+    derived one for the utility replicates (same clients and data, other initialisation, shuffling and noise)."""
+    from gradleak.fl.federation import derive_seed
+
+    return seed if replicate == 0 else derive_seed(seed, replicate, 0x0717)
+
+
+def majority_rate(labels: torch.Tensor) -> float:
+    """Share of the most frequent class: the accuracy of always predicting it."""
+    counts = torch.bincount(torch.as_tensor(labels).flatten().long().cpu())
+    return float(counts.max()) / max(1, int(counts.sum()))
+
+
 def run_fl_unit(config: StudyConfig, unit: FLUnit, out: Path, *, hooks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Simulate the setting's federation, recording into its store (continuing an interrupted recording),
-    and write the unit's record: the per-round history, final/best accuracy and ε."""
+    """Simulate the setting's federation and write the unit's record: the per-round history, final/best accuracy,
+    the majority-class rate of the test set and ε. Replicate 0 records every update into the setting's store
+    (continuing an interrupted recording); the other replicates only measure utility."""
     from gradleak.fl.recorder import Recorder
     from gradleak.fl.store import UpdateStore
 
@@ -71,19 +86,26 @@ def run_fl_unit(config: StudyConfig, unit: FLUnit, out: Path, *, hooks: Sequence
     scenario = unit.setting.scenario(config.name)
     model_spec, _, stages = scenario.defended()
     federation = federation_of(scenario)
-    store = UpdateStore(setting_store(out, unit.setting), model_spec=model_spec)
-    sim = scenario.simulation(federation=federation, device=config.device)
+    trained = scenario.replace(seed=training_seed(scenario.seed, unit.replicate))
+    sim = trained.simulation(federation=federation, device=config.device)
     started = time.perf_counter()
-    result = sim.run(hooks=[Recorder(store), *hooks], resume_from=store)
+    if unit.replicate == 0:
+        store = UpdateStore(setting_store(out, unit.setting), model_spec=model_spec)
+        result = sim.run(hooks=[Recorder(store), *hooks], resume_from=store)
+    else:
+        result = sim.run(hooks=list(hooks))
     history = [m.to_json() for m in result.history]
     delta = 1e-5
     best = next((m for m in result.history if m.round == result.best_round), None)
     record = {
-        **_base_row(unit.setting), "unit": unit.id, "kind": "fl", "rounds": scenario.rounds,
-        "clients": len(federation.clients), "history": history,
+        **_base_row(unit.setting), "unit": unit.id, "kind": "fl", "replicate": unit.replicate,
+        "training_seed": trained.seed, "rounds": scenario.rounds, "clients": len(federation.clients),
+        "history": history,
         "final_test_accuracy": result.history[-1].test_accuracy if result.history else None,
         "final_mean_val_accuracy": result.history[-1].mean_val_accuracy if result.history else None,
         "best_round": result.best_round, "best_test_accuracy": best.test_accuracy if best else None,
+        "majority_rate": majority_rate(federation.test.y) if federation.test is not None else None,
+        "test_images": len(federation.test.y) if federation.test is not None else None,
         "epsilon": _epsilon(scenario, federation, stages, delta), "delta": delta,
         "defenses": unit.setting.defense_json(), "seconds": time.perf_counter() - started,
     }
@@ -91,10 +113,14 @@ def run_fl_unit(config: StudyConfig, unit: FLUnit, out: Path, *, hooks: Sequence
     return record
 
 
-def _context(federation: Any) -> DataContext:
+def _context(federation: Any, model_spec: Any) -> DataContext:
+    """Input shape and normalisation from the clients' data; the label space from the model's outputs."""
+    from gradleak.study.views import output_classes
+
     ds = federation.train_data
-    return DataContext(image_shape=tuple(federation.clients[0].train.x.shape[1:]),  # type: ignore[arg-type]
-                       num_classes=ds.num_classes, mean=tuple(ds.mean), std=tuple(ds.std))
+    shape = tuple(federation.clients[0].train.x.shape[1:])
+    return DataContext(image_shape=shape, num_classes=output_classes(model_spec.build(), shape),  # type: ignore[arg-type]
+                       mean=tuple(ds.mean), std=tuple(ds.std))
 
 
 def _pool(federation: Any, client: int, size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,11 +212,11 @@ def run_attack_unit(config: StudyConfig, unit: AttackUnit, out: Path) -> dict[st
     from gradleak.study.measure import measure
 
     torch.set_num_threads(config.threads)
-    fl = load_unit(out, f"fl-{unit.setting.slug}")
+    fl = load_unit(out, fl_unit_id(unit.setting))
     scenario = unit.setting.scenario(config.name)
     model_spec, recipe, _ = scenario.defended()
     federation = federation_of(scenario)
-    context = _context(federation)
+    context = _context(federation, model_spec)
     prior = None
     if unit.attack.prior.kind == "mean":
         p = unit.attack.prior
@@ -229,6 +255,8 @@ def run_attack_unit(config: StudyConfig, unit: AttackUnit, out: Path) -> dict[st
         "attack_label": unit.attack.label or unit.attack.name, "attack_index": unit.attack_index,
         "round": unit.round, "client": unit.client, "num_images": len(truth_x),
         "batch_size": view.batch_size, "local_steps": local_steps, "iterations": recon.iterations,
+        "restarts": int(getattr(attack, "restarts", 1)), "threat": unit.attack.threat,
+        "prior_kind": unit.attack.prior.kind, "malicious": bool(getattr(attack, "modifies_model", False)),
         "final_test_accuracy": fl.get("final_test_accuracy"), **numbers,
         "attack_config": {k: repr(v) for k, v in recon.config.items()}, "seconds": seconds,
     }
