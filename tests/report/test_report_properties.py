@@ -190,7 +190,7 @@ def _write_folder(out: Path, content: dict[str, Any], rng: np.random.Generator) 
 
 
 @pytest.mark.filterwarnings("ignore")
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                    HealthCheck.function_scoped_fixture])
 @given(studies())
 def test_build_report_never_crashes(tmp_path_factory: pytest.TempPathFactory, content: dict[str, Any]) -> None:

@@ -300,16 +300,24 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
             cos = band(rows, x, lambda r: r.get("cosine_per_image") or [], **kw)
             if iip or cos:
                 fig, ax = plt.subplots(figsize=(5.5, 3.4))
-                if iip:
-                    _band_plot(ax, iip, "IIP (FL: nearest image is the client's)")
-                if cos:
-                    _band_plot(ax, cos, "embedding cosine")
+                for b, what, values in ((iip, "IIP (FL: nearest image is the client's)", lambda r: [r.get("iip_fl")]),
+                                        (cos, "embedding cosine", lambda r: r.get("cosine_per_image") or [])):
+                    if b is None:
+                        continue
+                    line, = ax.plot(b.x, b.mean, marker="o", label=what)
+                    if any(lo != hi for lo, hi in zip(b.low, b.high, strict=True)):
+                        ax.fill_between(b.x, b.low, b.high, alpha=0.2, color=line.get_color())
+                    base = _baseline_values(data, rows, param, values)
+                    if base:
+                        ax.axhline(float(np.mean(base)), color=line.get_color(), ls="--", lw=1,
+                                   label=f"{what.split(' (')[0]} undefended")
                 ax.set(xlabel=name, ylabel="value", title=f"{label}: identifiability vs {name}")
                 ax.legend(fontsize=7)
                 path = _save(fig, folder / f"iip-cosine-vs-{_slug(name)}-a{index}.png")
                 figures.append(Figure(path, f"{label}: IIP and embedding cosine vs {name}",
                                       "Image identifiability precision (FL variant, over attacked updates) and "
-                                      "cosine similarity of paired embeddings, with bootstrap bands.",
+                                      "cosine similarity of paired embeddings, with bootstrap bands; dashed: without "
+                                      "defense.",
                                       "Leakage and utility"))
     return figures
 

@@ -228,6 +228,15 @@ def _group_key(row: dict[str, Any]) -> tuple[int | None, int | None, int | None]
     return opt("num_images"), opt("local_steps"), opt("batch_size")
 
 
+def _defended_arms(ordered: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The settings that defend, by arm, in order."""
+    arms: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in ordered:
+        if not is_baseline(s):
+            arms[str(s.get("arm") or s.get("label"))].append(s)
+    return arms
+
+
 def _arm_param(data: StudyData, settings: Sequence[dict[str, Any]]) -> str | None:
     """The numeric grid parameter that varies across ``settings`` of one arm (``sigma0``), if there is one."""
     values: dict[str, set[float]] = defaultdict(set)
@@ -305,10 +314,7 @@ def group_verdicts(data: StudyData) -> list[GroupVerdict]:
             outcome.images += found[1]
     ordered = ordered_settings(data)
     baselines = [s for s in ordered if is_baseline(s)]
-    arms: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in ordered:
-        if not is_baseline(s):
-            arms[str(s.get("arm") or s.get("label"))].append(s)
+    arms = _defended_arms(ordered)
     verdicts = []
     for group in groups.values():
         budget = budget_text(group.rows, data)
@@ -410,10 +416,7 @@ def recommendation(data: StudyData, verdicts: Sequence[GroupVerdict] | None = No
         where = "even without defense" if baseline is not None else "in any tested setting"
         return Recommendation(baseline, f"No attack tried found a leak {where} ({budget}); within these budgets "
                               "no defense is needed, though a stronger attacker might still succeed.")
-    arms: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in ordered:
-        if not is_baseline(s):
-            arms[str(s.get("arm") or s.get("label"))].append(s)
+    arms = _defended_arms(ordered)
     candidates = []
     for settings in arms.values():
         param = _arm_param(data, settings)
