@@ -89,7 +89,7 @@ def test_baseline_next_to_a_grid_runs_through_the_report(tmp_path: Path) -> None
     assert "(imprint, analytic (no optimisation))" in sentence  # the budget behind the "no leak found"
     html = unescape(built.html.read_text())
     table = html[html.index("Privacy–utility table"):]
-    assert table.index("undefended (undefended)") < table.index("local-gaussian sigma0=1<")
+    assert table.index("<td>undefended<") < table.index("<td>local-gaussian sigma0=1<")
     assert "leaks-vs-sigma0-a1.png" in html and "accuracy-per-round.png" in html
     settings = read_table(out / "settings.csv")
     assert [s["seeds"] for s in settings] == [2, 2, 2] and all(s["accuracy_sd"] is not None for s in settings)

@@ -20,7 +20,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from gradleak.report.data import StudyData, band, finite, param_value, short
-from gradleak.report.verdict import GroupVerdict, image_leaks, is_baseline, ordered_settings, row_leaks, utility
+from gradleak.report.verdict import (
+    GroupVerdict,
+    display_label,
+    image_leaks,
+    is_baseline,
+    ordered_settings,
+    row_leaks,
+    utility,
+)
 from gradleak.study.results import load_unit_arrays
 
 __all__ = ["Figure", "accuracy_curves", "curves_vs_param", "curves_vs_training", "evidence_figures", "recon_grids",
@@ -186,6 +194,13 @@ def _leak_share(data: StudyData, rows: Sequence[dict[str, Any]]) -> float | None
     return k / n if n else None
 
 
+def _x_scale(ax: Any, values: Sequence[float]) -> None:
+    """A log x axis when the parameter's values are positive and span a decade or more (σ0 = 0.1, 0.3, 1)."""
+    xs = [v for v in values if v is not None]
+    if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+
+
 def _per_param_plot(ax: Any, data: StudyData, rows_by_client: dict[int, list[dict[str, Any]]], param: str,
                     values: Any, kw: dict[str, Any]) -> bool:
     """One band per client against ``param`` and a dashed line at each client's undefended value."""
@@ -226,10 +241,13 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
         acc.sort()
         base_acc = [utility(b) for b in baselines if param_value(data, {"setting": b["key"]}, param) is None]
         majority = next((utility(s).majority for s in data.settings if utility(s).majority is not None), None)
+        xs = sorted({x for s in data.settings if (x := param_value(data, {"setting": s["key"]}, param)) is not None})
         for index, rows in sorted(data.by_attack().items()):
             label = data.attack_labels.get(index, rows[0]["attack"])
             clients = _per_client(rows)
             fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+            _x_scale(left, xs)
+            _x_scale(right, xs)
             if _per_param_plot(left, data, clients, param, lambda r: r.get("ssim_per_image") or [], kw):
                 left.axhline(data.tau, color="gray", ls=":", lw=1, label=f"τ = {data.tau}")
                 left.set(xlabel=name, ylabel="SSIM", title=f"{label}: SSIM vs {name}")
@@ -265,6 +283,7 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
                                                  and param_value(data, r, param) is None]) for c, rs in groups.items()}
             if any(shares.values()) or any(v is not None for v in base_shares.values()):
                 fig, ax = plt.subplots(figsize=(5.5, 3.4))
+                _x_scale(ax, xs)
                 for c in groups:
                     color = None
                     if shares[c]:
@@ -283,6 +302,7 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
                                       "(dashed: the same client without defense). Zero means no leak was found "
                                       "within the attack budget — not that none exists.", "Leakage and utility"))
             fig, ax = plt.subplots(figsize=(5.5, 3.4))
+            _x_scale(ax, xs)
             if _per_param_plot(ax, data, clients, param, lambda r: r.get("rdlv_per_image") or [], kw):
                 ax.axhline(0, color="gray", ls=":", lw=1)
                 ax.set(xlabel=name, ylabel="RDLV (%)", title=f"{label}: RDLV vs {name}")
@@ -300,6 +320,7 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
             cos = band(rows, x, lambda r: r.get("cosine_per_image") or [], **kw)
             if iip or cos:
                 fig, ax = plt.subplots(figsize=(5.5, 3.4))
+                _x_scale(ax, xs)
                 for b, what, values in ((iip, "IIP (FL: nearest image is the client's)", lambda r: [r.get("iip_fl")]),
                                         (cos, "embedding cosine", lambda r: r.get("cosine_per_image") or [])):
                     if b is None:
@@ -346,7 +367,7 @@ def accuracy_curves(data: StudyData, folder: Path) -> list[Figure]:
         baseline = is_baseline(s)
         xs = [r + 1 for r in rounds]
         line, = ax.plot(xs, values.mean(0), ls="--" if baseline else "-", lw=1.6 if baseline else 1.2,
-                        label=s["label"] + (" (undefended)" if baseline else ""))
+                        label=display_label(s))
         if len(values) > 1:
             ax.fill_between(xs, values.min(0), values.max(0), alpha=0.15, color=line.get_color())
     majority = next((utility(s).majority for s in data.settings if utility(s).majority is not None), None)

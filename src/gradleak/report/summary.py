@@ -13,6 +13,7 @@ from gradleak.report.data import StudyData, finite, param_value, short
 from gradleak.report.verdict import (
     accuracy_cost,
     budget_text,
+    display_label,
     is_baseline,
     ordered_settings,
     row_leaks,
@@ -110,7 +111,7 @@ def summary_lines(data: StudyData) -> list[str]:
         if u.mean is None:
             continue
         cost = "" if s is baseline or baseline is None else f" ({accuracy_cost(s, baseline)})"
-        accuracy.append(f"{s['label']}{' (undefended)' if s is baseline else ''} {u.text()}{cost}")
+        accuracy.append(f"{display_label(s)} {u.text()}{cost}")
     if accuracy:
         rounds = (data.settings[0].get("fl") or {}).get("rounds")
         majority = utility(data.settings[0]).majority
@@ -153,7 +154,7 @@ def privacy_utility_rows(data: StudyData) -> list[dict[str, str]]:
             if any(r.get("leak_rule") == "verbatim" for r in rows):
                 leaks += " verbatim"
             out.append({
-                "setting": setting["label"] + (" (undefended)" if setting is baseline else ""),
+                "setting": display_label(setting),
                 "attack": data.attack_labels.get(index, str(rows[0].get("attack"))),
                 "updates": str(len(rows)), "images": str(images), "leaks": leaks,
                 "ssim": _ci_text(ssims, data),

@@ -25,6 +25,7 @@ __all__ = [
     "Utility",
     "accuracy_cost",
     "budget_text",
+    "display_label",
     "group_verdicts",
     "image_leaks",
     "is_baseline",
@@ -69,6 +70,12 @@ def is_baseline(setting: dict[str, Any]) -> bool:
         except Exception:  # an unknown or invalid defense in a results folder: not a no-op as far as we know
             return False
     return True
+
+
+def display_label(setting: dict[str, Any]) -> str:
+    """The setting's label, marked "(undefended)" when it is a baseline whose label does not say so."""
+    label = str(setting.get("label") or setting.get("key"))
+    return label + " (undefended)" if is_baseline(setting) and "undefended" not in label.lower() else label
 
 
 def ordered_settings(data: StudyData) -> list[dict[str, Any]]:
