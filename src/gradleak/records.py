@@ -18,6 +18,7 @@ __all__ = [
     "AGGREGATE_CLIENT",
     "ClientUpdate",
     "GlobalState",
+    "InputSpec",
     "ModelSpec",
     "Reconstruction",
     "ServerView",
@@ -66,6 +67,50 @@ class ModelSpec:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelSpec:
         return cls(name=str(data["name"]), options=dict(data.get("options", {})))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model takes as input: ``channels`` × ``size`` × ``size`` images, made from the clients' images by
+    ``resize`` (``"none"``: they already have that size; ``"pad"``: zero-padded, centred; ``"bilinear"``) and
+    normalised per channel with ``mean`` and ``std`` (``torchvision.transforms.Normalize``)."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    resize: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("size", "channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"input spec {name} must be a positive integer, got {value!r}")
+        if self.resize not in ("none", "pad", "bilinear"):
+            raise ValueError(f"input spec resize must be none, pad or bilinear, got {self.resize!r}")
+        for name in ("mean", "std"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"input spec {name} needs 1 or {self.channels} values, got {len(values)}")
+            object.__setattr__(self, name, values)
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"input spec std must be positive, got {self.std}")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+                "resize": self.resize}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InputSpec:
+        unknown = sorted(set(data) - {"size", "channels", "mean", "std", "resize"})
+        if unknown:
+            raise ValueError(f"input spec has unknown keys {unknown}; valid: size, channels, mean, std, resize")
+        return cls(size=data["size"], channels=data["channels"], mean=tuple(data.get("mean", (0.0,))),
+                   std=tuple(data.get("std", (1.0,))), resize=str(data.get("resize", "none")))
 
 
 @dataclass(frozen=True)

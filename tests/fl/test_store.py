@@ -265,3 +265,33 @@ def test_read_safetensors_strict_reads_library_files(tmp_path: Path) -> None:
     assert all(torch.equal(got[k], v) and got[k].dtype == v.dtype for k, v in tensors.items())
     with pytest.raises(UpdateFileError, match="missing tensor file"):
         read_safetensors_strict(tmp_path / "nope.safetensors")
+
+
+def test_a_store_holds_one_run(tmp_path: Path, model: nn.Module) -> None:
+    """The round-0 model fixes the run: saving it again is fine, another round-0 model is refused, and check()
+    finds a chain that lost a global model or gained a stray tensor file."""
+    from gradleak.fl.store import RunMismatchError
+
+    store = UpdateStore(tmp_path / "s")
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    store.save_global(GlobalState(0, params, buffers))
+    run = store.run_id
+    assert run is not None and run == json.loads((tmp_path / "s" / "store.json").read_text())["run"]
+    store.save_global(GlobalState(0, params, buffers, metadata={"note": "resumed"}), overwrite=True)  # same run
+    other = {k: v + 1 for k, v in params.items()}
+    with pytest.raises(RunMismatchError, match="holds another run"):
+        store.save_global(GlobalState(0, other, buffers), overwrite=True)
+    assert store.run_id == run and UpdateStore(tmp_path / "s", create=False).check(model=model) == []
+    store.save_update(sgd_update(model, client=2, round=1))
+    assert store.check(model=model) == [
+        f"{store.global_path(1).with_suffix('.json')}: round 1 has updates but no global model (the model its "
+        "updates are deltas against)"]
+    store.save_global(GlobalState(1, params, buffers))
+    (tmp_path / "s" / "updates" / "round_00001" / "client_00009.safetensors").write_bytes(b"half a copy")
+    problems = store.check(model=model)
+    assert len(problems) == 1 and "client_00009.safetensors: tensor file without its sidecar" in problems[0]
+    store.update_server_info(input={"size": 8, "channels": 1}, clients={"123": 0})
+    store.update_server_info(clients={"123": 0, "456": 1})
+    assert UpdateStore(tmp_path / "s", create=False).server_info == {"input": {"size": 8, "channels": 1},
+                                                                      "clients": {"123": 0, "456": 1}}

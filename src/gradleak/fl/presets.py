@@ -31,7 +31,7 @@ from gradleak.data import ImageDataset, load_dataset, partition_by_sizes, partit
 from gradleak.fl.federation import FedAvgSimulation, FLClient
 from gradleak.fl.local import LocalData
 from gradleak.fl.recipe import LocalRecipe
-from gradleak.records import ModelSpec
+from gradleak.records import InputSpec, ModelSpec
 from gradleak.registry import Registry
 
 __all__ = ["SCENARIOS", "Federation", "Scenario", "combined_defenses", "hospital"]
@@ -143,6 +143,15 @@ class Scenario:
             ))
         return Federation(self, clients, self._local(test, np.arange(len(test))), train, parts, val_data,
                           val_parts)
+
+    def input_spec(self, federation: Federation | None = None) -> InputSpec:
+        """What the model takes: the dataset's channels and normalisation at ``image_size`` (zero-padded when
+        larger than the stored images, as :meth:`build` makes them; resized when smaller)."""
+        data = (federation or self.build()).train_data
+        channels, height, _ = data.image_shape
+        size = self.image_size or height
+        resize = "none" if size == height else "pad" if size > height else "bilinear"
+        return InputSpec(size=size, channels=channels, mean=tuple(data.mean), std=tuple(data.std), resize=resize)
 
     def defended(self) -> tuple[ModelSpec, LocalRecipe, dict[str, list]]:
         """The model spec and recipe with the scenario's defenses applied, and the defenses by stage."""

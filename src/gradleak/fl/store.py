@@ -6,7 +6,9 @@ On-disk format (``FORMAT_VERSION = 1``)
 
     root/
       store.json                                   {"format_version": 1, "kind": "gradleak-update-store",
-                                                    "created": ISO-8601 UTC time, "model_spec": {...} | null}
+                                                    "created": ISO-8601 UTC time, "model_spec": {...} | null,
+                                                    "run": sha256 of the round-0 global's tensor file | null,
+                                                    "server": {...}}  (the last two optional)
       globals/round_00003.safetensors              tensors "params/<name>", "buffers/<name>"
       globals/round_00003.json                     sidecar (below)
       updates/round_00003/client_00007.safetensors tensors "delta/<name>", "buffers/<name>"
@@ -23,6 +25,20 @@ On-disk format (``FORMAT_VERSION = 1``)
 A global sidecar has ``"kind": "global"``, no ``client`` / ``num_examples``, and
 ``"tensors": {"params": [...], "buffers": [...]}``. An update's ``metadata`` may hold ``"withheld"``: the
 names of parameters (or buffers) a defense kept back, which may then be missing when checking against a model.
+
+One store, one run
+------------------
+A store holds the records of one federated run. Its identity is the SHA-256 of the round-0 global model's tensor
+file, fixed when that model is first saved (``store.json`` ``"run"``); saving another round-0 global model
+raises :class:`RunMismatchError`, so a second run can never add its updates beside the first run's (a resumed
+simulation starts from the same round-0 model and continues). :meth:`UpdateStore.check` verifies the chain:
+every record loads, no tensor file lacks its sidecar, every round from 0 to the last has its global model, and
+the round-0 model is the run's.
+
+``"server"`` holds what the server knows besides the records, as the recorder was told or saw it (free-form
+JSON, written by :meth:`UpdateStore.update_server_info`): the input the model takes (``"input"``: size,
+channels, resize, mean, std), the clients' declared recipe (``"recipe"``), the engine's client ids mapped to the
+store's small ids (``"clients"``).
 
 Guarantees
 ----------
@@ -66,7 +82,7 @@ from gradleak.fl.safefile import (
 )
 from gradleak.records import ClientUpdate, GlobalState, ModelSpec
 
-__all__ = ["FORMAT_VERSION", "RecordExistsError", "UpdateStore", "read_safetensors_strict"]
+__all__ = ["FORMAT_VERSION", "RecordExistsError", "RunMismatchError", "UpdateStore", "read_safetensors_strict"]
 
 FORMAT_VERSION = 1
 STORE_KIND = "gradleak-update-store"
@@ -74,12 +90,17 @@ _SECTIONS = {"update": ("delta", "buffers"), "global": ("params", "buffers")}
 _COMMON_KEYS = {"format_version", "kind", "round", "metadata", "tensors", "sha256", "nbytes"}
 _SIDECAR_KEYS = {"update": _COMMON_KEYS | {"client", "num_examples"}, "global": _COMMON_KEYS}
 _STORE_KEYS = {"format_version", "kind", "created", "model_spec"}
+_OPTIONAL_STORE_KEYS = {"run", "server"}
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 
 
 class RecordExistsError(GradleakError, FileExistsError):
     """A record is already saved and ``overwrite=True`` was not given."""
+
+
+class RunMismatchError(GradleakError):
+    """A record of another run: the store holds one run, identified by its round-0 global model."""
 
 
 def _index(value: object, what: str) -> int:
@@ -228,15 +249,43 @@ class UpdateStore:
         return path
 
     def save_global(self, state: GlobalState, *, overwrite: bool = False) -> Path:
-        """Save a global state atomically; return its ``.safetensors`` path (see :meth:`save_update`)."""
+        """Save a global state atomically; return its ``.safetensors`` path (see :meth:`save_update`).
+
+        The round-0 model fixes the store's run (see the module docstring).
+
+        Raises
+        ------
+        RunMismatchError
+            A round-0 model that is not the one this store's run started from.
+        """
         path = self.global_path(state.round)
         side = {"kind": "global", "round": state.round, "metadata": state.metadata}
         self._write_record(path, "global", {"params": state.params, "buffers": state.buffers}, side,
-                           {"round": state.round}, overwrite)
+                           {"round": state.round}, overwrite, run=state.round == 0)
         return path
 
+    @property
+    def run_id(self) -> str | None:
+        """The run this store holds: the SHA-256 of its round-0 global model's tensor file (``None`` before)."""
+        return self._read_meta().get("run")
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """What the server knows besides the records (``store.json`` ``"server"``; see the module docstring)."""
+        return dict(self._read_meta().get("server") or {})
+
+    def update_server_info(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``store.json``'s ``"server"`` object (JSON-serialisable values)."""
+        meta = self._read_meta()
+        server = {**(meta.get("server") or {}), **fields}
+        try:
+            json.dumps(server, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"server info must be JSON-serialisable (no NaN/inf): {exc}") from None
+        self._write_meta({**meta, "server": server})
+
     def _write_record(self, path: Path, kind: str, sections: dict[str, dict[str, Tensor]],
-                      side: dict[str, Any], expected: dict[str, int], overwrite: bool) -> None:
+                      side: dict[str, Any], expected: dict[str, int], overwrite: bool, run: bool = False) -> None:
         sidecar = path.with_suffix(".json")
         if sidecar.exists() and not overwrite:
             raise RecordExistsError(f"{sidecar}: a {kind} record for {expected} is already saved; pass "
@@ -259,6 +308,15 @@ class UpdateStore:
             _validate_sidecar(json.loads(text), kind, expected, sidecar)
         except UpdateFileError as exc:
             raise ValueError(f"cannot save this {kind}: {exc.problem}") from None
+        if run:
+            meta = self._read_meta()
+            if meta.get("run") not in (None, side["sha256"]):
+                raise RunMismatchError(
+                    f"{self.path}: this store holds another run (its round-0 global model has SHA-256 "
+                    f"{meta['run'][:12]}…, this one {side['sha256'][:12]}…); a store holds one run: record this "
+                    "one in another folder")
+            if meta.get("run") is None:
+                self._write_meta({**meta, "run": side["sha256"]})
         sidecar.unlink(missing_ok=True)  # overwrite: make the record absent first, never half-old/half-new
         atomic_write_bytes(path, data)
         atomic_write_bytes(sidecar, text.encode("utf-8"))
@@ -363,6 +421,49 @@ class UpdateStore:
         """All complete updates of ``round``, sorted by client, each validated as in :meth:`load_update`."""
         return [self.load_update(round, c, model=model) for c in self.clients(round)]
 
+    def check(self, *, model: nn.Module | None = None) -> list[str]:
+        """Every problem of the store's chain, one line each (empty: the store is sound).
+
+        Checks that every update and global record loads and validates (against ``model`` when given), that
+        no tensor file lacks its sidecar and no stray file sits among the records, that every round from 0
+        to the last recorded one has its global model (the one its updates are deltas against), and that
+        the round-0 model is the run's.
+        """
+        problems: list[str] = []
+        for folder in (self.path / "globals", *sorted((self.path / "updates").glob("round_*"))):
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                if entry.suffix == ".safetensors" and not entry.with_suffix(".json").exists():
+                    problems.append(f"{entry}: tensor file without its sidecar (an interrupted or partial copy)")
+                elif entry.suffix not in (".safetensors", ".json") or not entry.is_file():
+                    problems.append(f"{entry}: not a record of this store")
+        for r in self.global_rounds():
+            try:
+                self.load_global(r, model=model)
+            except UpdateFileError as exc:
+                problems.append(str(exc))
+        for r in self.rounds():
+            for c in self.clients(r):
+                try:
+                    self.load_update(r, c, model=model)
+                except UpdateFileError as exc:
+                    problems.append(str(exc))
+        have = set(self.global_rounds())
+        for r in range(max(self.rounds(), default=-1) + 1):
+            if r not in have:
+                what = "has updates but no global model (the model its updates are deltas against)" if \
+                    r in self.rounds() else "has no global model, though later rounds were recorded"
+                problems.append(f"{self.global_path(r).with_suffix('.json')}: round {r} {what}")
+        run = self.run_id
+        if run is not None and self.has_global(0):
+            side = read_json_object(self.global_path(0).with_suffix(".json"), max_bytes=_MAX_SIDECAR_BYTES,
+                                    what="sidecar")
+            if side.get("sha256") != run:
+                problems.append(f"{self.global_path(0)}: the round-0 global model is not the one this store's run "
+                                "started from (store.json run)")
+        return problems
+
     # -- store.json --------------------------------------------------------------------------------------
     def _write_meta(self, meta: dict[str, Any]) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -377,8 +478,14 @@ class UpdateStore:
         if not _is_int(meta.get("format_version")) or meta["format_version"] != FORMAT_VERSION:
             raise UpdateFileError(path, f"store format_version {meta.get('format_version')!r}; this version "
                                         f"of gradleak reads format {FORMAT_VERSION}")
-        if set(meta) != _STORE_KEYS:
-            raise UpdateFileError(path, f"store.json must have exactly the keys {sorted(_STORE_KEYS)}")
+        if not _STORE_KEYS <= set(meta) <= _STORE_KEYS | _OPTIONAL_STORE_KEYS:
+            raise UpdateFileError(path, f"store.json must have the keys {sorted(_STORE_KEYS)} and may have "
+                                        f"{sorted(_OPTIONAL_STORE_KEYS)}")
+        run = meta.get("run")
+        if run is not None and not (isinstance(run, str) and _SHA_RE.fullmatch(run)):
+            raise UpdateFileError(path, "store.json run must be null or 64 lowercase hex digits")
+        if not isinstance(meta.get("server") or {}, dict):
+            raise UpdateFileError(path, "store.json server must be an object")
         spec = meta["model_spec"]
         if spec is not None and not (isinstance(spec, dict) and set(spec) == {"name", "options"}
                                      and isinstance(spec["name"], str) and isinstance(spec["options"], dict)):

@@ -18,6 +18,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -57,9 +58,11 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **optio
     Parameters
     ----------
     name
-        A registered name (see ``MODELS.names()``) or an import path containing ``":"``; the factory at an
-        import path is called as ``factory(num_classes=..., in_channels=..., **options)`` and must return
-        an ``nn.Module``.
+        A registered name (see ``MODELS.names()``) or an import path containing ``":"``; the class or factory
+        at an import path is called as ``factory(num_classes=..., in_channels=..., **options)``, leaving out
+        ``num_classes`` and ``in_channels`` when it does not take them (a plain ``nn.Module`` class with no
+        arguments works), and must return an ``nn.Module``. The current directory is searched for its module
+        too, as ``python -m`` does.
     num_classes
         Number of output logits.
     in_channels
@@ -88,11 +91,16 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **optio
     """
     weights_path = options.pop("weights_path", None)
     weights_strict = options.pop("weights_strict", True)
+    kwargs = {"num_classes": num_classes, "in_channels": in_channels, **options}
     if ":" in name:
         factory = _import_factory(name)
+        # your own class or factory may fix its classes and channels itself (Flower's `Net()`): they are passed
+        # only when it takes them
+        for key in ("num_classes", "in_channels"):
+            if key not in options and not _accepts(factory, key):
+                kwargs.pop(key)
     else:
         factory = MODELS.get(name)
-    kwargs = {"num_classes": num_classes, "in_channels": in_channels, **options}
     _check_options(name, factory, kwargs)
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
@@ -188,12 +196,30 @@ def describe_models() -> list[dict[str, Any]]:
     return [row.as_dict() for row in model_table()]
 
 
+def _import_module(module_name: str) -> Any:
+    """Import ``module_name``; when it is not found, look in the current directory too (as ``python -m`` does)."""
+    import sys
+
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = str(Path.cwd())
+        if exc.name is None or not module_name.startswith(exc.name) or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            sys.path.remove(cwd)
+            raise exc from None
+
+
 def _import_factory(path: str) -> Callable[..., Any]:
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
         raise ModelImportError(f"model import path {path!r} must look like 'package.module:factory'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise ModelImportError(
@@ -213,6 +239,16 @@ def _import_factory(path: str) -> Callable[..., Any]:
     if not callable(target):
         raise ModelImportError(f"model {path!r}: {attr_path!r} is a {type(target).__name__}, not callable")
     return target
+
+
+def _accepts(factory: Callable[..., Any], key: str) -> bool:
+    """Whether ``factory`` takes the keyword ``key`` (or any keyword)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any((p.name == key and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or p.kind == p.VAR_KEYWORD
+               for p in parameters)
 
 
 def _check_options(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -91,6 +91,7 @@ def run_fl_unit(config: StudyConfig, unit: FLUnit, out: Path, *, hooks: Sequence
     started = time.perf_counter()
     if unit.replicate == 0:
         store = UpdateStore(setting_store(out, unit.setting), model_spec=model_spec)
+        store.update_server_info(engine="gradleak", input=scenario.input_spec(federation).to_json())
         result = sim.run(hooks=[Recorder(store), *hooks], resume_from=store)
     else:
         result = sim.run(hooks=list(hooks))

@@ -1,0 +1,1 @@
+"""cifarapp: a Flower / PyTorch app."""
