@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -14,9 +16,18 @@ from rich.table import Table
 
 from gradleak.errors import GradleakError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="gradleak: how much of FL clients' data can the server reconstruct from their updates?")
 console = Console()
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _global_options(debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected "
+                                                                      "error (never shown otherwise)")) -> None:
+    """gradleak: how much of FL clients' data can the server reconstruct from their updates?"""
+    _DEBUG["on"] = debug
+
 
 def _fail(exc: Exception) -> None:
     from rich.markup import escape
@@ -39,15 +50,27 @@ def _registries() -> dict[str, object]:
             "metrics": METRICS, "executors": EXECUTORS}
 
 
+class ListKind(StrEnum):
+    """What ``gradleak list`` can list."""
+
+    attacks = "attacks"
+    defenses = "defenses"
+    models = "models"
+    datasets = "datasets"
+    scenarios = "scenarios"
+    metrics = "metrics"
+    executors = "executors"
+
+
 @app.command("list")
-def list_(what: str = typer.Argument(..., help="attacks | defenses | models | datasets | scenarios | metrics | "
-                                              "executors")) -> None:
+def list_(what: ListKind = typer.Argument(..., help="what to list", show_default=False)) -> None:
     """List what is registered: attacks, defenses, models (with parameter counts), datasets, scenario presets,
-    per-image metrics or study executors."""
+    per-image metrics or study executors, each with the first sentence of its description."""
     from rich.markup import escape
 
     from gradleak.models import describe_models
 
+    what = what.value  # type: ignore[assignment]
     registries = _registries()
     table = Table()
     if what == "models":
@@ -103,6 +126,7 @@ def _simulate(scenario, out: Path, device: str, resume: bool):
     out.mkdir(parents=True, exist_ok=True)
     store = UpdateStore(out / "store", model_spec=scenario.model)
     federation = scenario.build()
+    store.update_server_info(engine="gradleak", input=scenario.input_spec(federation).to_json())
     sim = scenario.simulation(federation=federation, progress=True, device=device)
     result = sim.run(hooks=[Recorder(store)], resume_from=store if resume else None)
     return store, federation, sim, result
@@ -142,26 +166,35 @@ def simulate(
 
 @app.command()
 def inspect(store_dir: Path = typer.Argument(..., help="an UpdateStore directory")) -> None:
-    """Validate every record of an update store (against its model spec when it has one) and summarise it."""
+    """Check a store's whole chain and summarise it: every record loads and validates (against the store's model
+    when it records one), no tensor file lacks its sidecar, every round has the global model its updates are
+    deltas against, and the round-0 model is the run's. Any problem: one line each, exit code 2."""
     from gradleak.fl.store import UpdateStore
 
     try:
         store = UpdateStore(store_dir, create=False)
         model = store.model_spec.build() if store.model_spec is not None else None
-        table = Table(title=f"{store_dir}")
-        for col in ("round", "global", "clients", "examples"):
-            table.add_column(col, justify="right")
-        for r in sorted(set(store.rounds()) | set(store.global_rounds())):
-            ups = store.updates(round=r, model=model) if r in store.rounds() else []
-            if store.has_global(r):
-                store.load_global(round=r, model=model)
-            table.add_row(str(r), "yes" if store.has_global(r) else "–",
-                          ",".join(str(u.client) for u in ups) or "–", str(sum(u.num_examples for u in ups)))
+        problems = store.check(model=model)
     except GradleakError as exc:
         _fail(exc)
         return
+    if problems:
+        for line in problems:
+            console.print(f"[bold red]problem:[/] {line}", soft_wrap=True, highlight=False)
+        _fail(GradleakError(f"{store_dir}: {len(problems)} problem(s); the store cannot be trusted as one run"))
+    table = Table(title=f"{store_dir}")
+    for col in ("round", "global", "client: examples"):
+        table.add_column(col, justify="right")
+    for r in sorted(set(store.rounds()) | set(store.global_rounds())):
+        ups = store.updates(round=r) if r in store.rounds() else []
+        table.add_row(str(r), "yes" if store.has_global(r) else "–",
+                      ", ".join(f"{u.client}: {u.num_examples}" for u in ups) or "–")
     console.print(table)
-    console.print("every record loaded and validated" + (" against the model" if model is not None else ""))
+    info = store.server_info
+    known = [k for k in ("input", "recipe", "clients") if k in info]
+    console.print(f"run {store.run_id[:12] if store.run_id else '(no round-0 model yet)'}: every record loaded and "
+                  f"validated" + (" against the model" if model is not None else "")
+                  + (f"; the store records the clients' {', '.join(known)}" if known else ""))
 
 
 def _demo_config(out: Path, rounds: int | None, iterations: int | None, executor: str | None):
@@ -278,63 +311,162 @@ def _print_report(report) -> None:
         console.print(f"  {escape(line)}", style="dim")
 
 
-def _parse_options(pairs: list[str]) -> dict:
-    """``key=value`` pairs; values parsed as YAML scalars (``iterations=200``, ``tv=1e-4``, ``labels=joint``)."""
+def _scalar(value: str) -> object:
+    """A command-line value as YAML reads it, with numbers in exponent notation as numbers (``1e-2``, which
+    YAML 1.1 leaves a string)."""
     import yaml
 
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return parsed
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values parsed as YAML scalars (``iterations=200``, ``tv=1e-2``, ``labels=joint``)."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise GradleakError(f"--option takes key=value, got {pair!r}")
-        options[key] = yaml.safe_load(value)
+        options[key] = _scalar(value)
     return options
+
+
+def _truth(spec: str, split: str, size: int | None, resize: str) -> tuple[object, object]:
+    """The attacked client's true images and labels: an npz file (``images``, ``labels``), an image folder, or
+    ``DATASET@i,j,...`` (images of a dataset by index, from ``split``)."""
+    from gradleak.data import load_dataset
+
+    name, sep, indices = spec.rpartition("@")
+    if not sep:
+        name, indices = spec, ""
+    path = Path(name)
+    if not name.startswith(("npz:", "imagefolder:")):
+        if path.suffix == ".npz":
+            name = f"npz:{name}"
+        elif path.is_dir():
+            name = f"imagefolder:{name}"
+    ds = load_dataset(name, split=split)
+    try:
+        idx = [int(i) for i in indices.split(",")] if indices else None
+    except ValueError:
+        raise GradleakError(f"--truth {spec!r}: the indices after @ must be integers, e.g. cifar10@3,17") from None
+    return ds.tensors(idx, size=size, resize="pad" if resize == "none" else resize)
 
 
 @app.command()
 def attack(
     store_dir: Path = typer.Option(..., "--store", help="an UpdateStore (from gradleak run/simulate or Flower)"),
-    round_: int = typer.Option(..., "--round", min=0, help="the round of the attacked update"),
-    client: int = typer.Option(..., min=0, help="the client id of the attacked update"),
+    round_: int = typer.Option(..., "--round", min=0, help="the round of the attacked update (0-based)"),
+    client: int = typer.Option(..., min=0, help="the client id of the attacked update (gradleak inspect lists them)"),
     attack_name: str = typer.Option(..., "--attack", help="an attack name (gradleak list attacks)"),
-    option: list[str] = typer.Option([], help="attack option key=value (repeatable)"),
-    dataset: str = typer.Option(..., help="the clients' dataset (its shape, classes and normalisation; prior)"),
-    model: str | None = typer.Option(None, help="the clients' model when the store records none (e.g. Flower)"),
+    option: list[str] = typer.Option([], help="attack option key=value (repeatable), e.g. tv=1e-2"),
+    truth: str | None = typer.Option(None, help="the client's true images, to grade the reconstruction: an npz "
+                                                "(images, labels), an image folder, or DATASET@i,j"),
+    truth_split: str = typer.Option("train", help="split of DATASET for --truth DATASET@i,j"),
+    dataset: str | None = typer.Option(None, help="a dataset like the clients' (its test split gives the prior "
+                                                  "image; shape and normalisation when the store records none)"),
+    model: str | None = typer.Option(None, help="the clients' model when the store records none"),
     model_option: list[str] = typer.Option([], help="model option key=value (repeatable), with --model"),
-    image_size: int | None = typer.Option(None, help="input size the clients resize to, if any"),
+    image_size: int | None = typer.Option(None, help="input size (default: the store's input spec)"),
+    mean: str | None = typer.Option(None, help="per-channel normalisation mean, e.g. 0.5,0.5,0.5"),
+    std: str | None = typer.Option(None, help="per-channel normalisation std, e.g. 0.5,0.5,0.5"),
     data_root: str | None = typer.Option(None, help="folder with the dataset files"),
-    prior_images: int = typer.Option(64, min=0, help="domain prior: mean of this many test images (0: none)"),
-    lr: float = typer.Option(0.01, help="recipe when the update records none (e.g. Flower): learning rate"),
-    batch_size: int = typer.Option(4, min=1, help="... batch size"),
-    epochs: int = typer.Option(1, min=1, help="... local epochs"),
+    prior_images: int = typer.Option(64, min=0, help="prior image: mean of this many --dataset test images "
+                                                     "(0: none)"),
+    optimizer: str | None = typer.Option(None, help="the clients' optimizer (sgd, adam), overriding the store"),
+    lr: float | None = typer.Option(None, help="the clients' learning rate, overriding the store"),
+    momentum: float | None = typer.Option(None, help="the clients' SGD momentum, overriding the store"),
+    weight_decay: float | None = typer.Option(None, help="the clients' weight decay, overriding the store"),
+    batch_size: int | None = typer.Option(None, min=1, help="the clients' batch size, overriding the store"),
+    epochs: int | None = typer.Option(None, min=1, help="the clients' local epochs, overriding the store"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("gradleak-out/attack"), help="where the reconstruction goes"),
 ) -> None:
-    """Attack one recorded update (also updates recorded from Flower by RecordingStrategy). Writes the
-    reconstruction as OUT/reconstruction.png and .npz. The recipe recorded with the update is used; updates
-    without one (Flower) get --lr/--batch-size/--epochs."""
+    """Attack one recorded update (also updates recorded from Flower by RecordingStrategy) and, with --truth,
+    grade the reconstruction. What the store records (model, input size and normalisation, the clients' recipe)
+    is used; any of it can be overridden. Writes OUT/reconstruction.png and .npz."""
+    import dataclasses
+
     import numpy as np
     import torch
 
     import gradleak.attacks  # noqa: F401
     from gradleak.attacks.base import ATTACKS
+    from gradleak.attacks.optimize import report_progress
     from gradleak.fl.recipe import LocalRecipe
     from gradleak.fl.store import UpdateStore
-    from gradleak.records import ModelSpec
+    from gradleak.metrics import describe_rule, grade
+    from gradleak.records import InputSpec, ModelSpec
     from gradleak.report.figures import save_image_row
-    from gradleak.study.views import data_context, domain_prior, view_from_store
+    from gradleak.study.views import DataContext, data_context, domain_prior, view_from_store
+
+    def floats(text: str | None, what: str) -> tuple[float, ...] | None:
+        if text is None:
+            return None
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise GradleakError(f"--{what} takes numbers separated by commas, e.g. 0.5,0.5,0.5") from None
 
     try:
-        attack_obj = ATTACKS.create(attack_name, **_parse_options(option))
+        options = _parse_options(option)
+        if "iterations" in options and not (isinstance(options["iterations"], int) and options["iterations"] >= 1):
+            raise GradleakError(f"--option iterations must be an integer >= 1, got {options['iterations']!r}")
+        attack_obj = ATTACKS.create(attack_name, **options)
         store = UpdateStore(store_dir, create=False)
-        context = data_context(dataset, image_size=image_size, root=data_root)
-        prior = (domain_prior(dataset, images=prior_images, image_size=image_size, root=data_root, seed=seed)
-                 if prior_images else None)
-        fallback = LocalRecipe(lr=lr, batch_size=batch_size, epochs=epochs, shuffle=False)
-        spec = ModelSpec(model, _parse_options(model_option)) if model is not None else None
-        view = view_from_store(store, round=round_, client=client, context=context, model=spec, recipe=fallback,
-                               prior=prior)
-        recon = attack_obj(view, generator=torch.Generator().manual_seed(seed))
+        recorded = store.server_info.get("input")
+        spec = InputSpec.from_json(recorded) if recorded else None
+        size = image_size or (spec.size if spec else None)
+        resize = spec.resize if spec else "pad"
+        if spec is not None:
+            context = DataContext(image_shape=(spec.channels, size, size), num_classes=0, mean=spec.mean,
+                                  std=spec.std)
+        elif dataset is not None:
+            context = data_context(dataset, image_size=image_size, root=data_root)
+        else:
+            raise GradleakError(f"{store_dir}: the store records no input spec; say what the clients' images are "
+                                "with --dataset NAME (gradleak list datasets), or record them with "
+                                "RecordingStrategy(input_spec=...)")
+        m, s_ = floats(mean, "mean"), floats(std, "std")
+        context = dataclasses.replace(context, mean=m or context.mean, std=s_ or context.std)
+        prior = (domain_prior(dataset, images=prior_images, image_size=size, root=data_root, seed=seed)
+                 if dataset is not None and prior_images else None)
+        overrides = {k: v for k, v in {"optimizer": optimizer, "lr": lr, "momentum": momentum,
+                                       "weight_decay": weight_decay, "batch_size": batch_size,
+                                       "epochs": epochs}.items() if v is not None}
+        # when an update records no recipe: what the server app declared, with the command line's overrides
+        declared = {**store.server_info.get("recipe", {}), **overrides}
+        fallback = LocalRecipe.from_json({"shuffle": False, **declared}) \
+            if {"lr", "batch_size"} <= set(declared) else None
+        model_spec = ModelSpec(model, _parse_options(model_option)) if model is not None else None
+        view = view_from_store(store, round=round_, client=client, context=context, model=model_spec,
+                               recipe=fallback, prior=prior)
+        if overrides and view.recipe is not None:
+            view = dataclasses.replace(view, recipe=view.recipe.replace(**overrides),
+                                       batch_size=min(overrides.get("batch_size", view.recipe.batch_size),
+                                                      view.num_images or 1))
+        if view.recipe is None:
+            raise GradleakError("the store records no recipe for this update: say how the clients train with --lr "
+                                "and --batch-size (and --optimizer, --momentum, --epochs where they differ from "
+                                "sgd, 0, 1), or record it with RecordingStrategy(recipe=...)")
+        console.print(f"{attack_name} on client {client}, round {round_}: {view.num_images} image(s); the client's "
+                      f"recipe: {view.recipe.optimizer} lr {view.recipe.lr:g}"
+                      + (f" momentum {view.recipe.momentum:g}" if view.recipe.momentum else "")
+                      + f", batch {view.recipe.batch_size}, {view.recipe.epochs} epoch(s); input "
+                        f"{'×'.join(map(str, view.image_shape))}, mean {list(view.mean)}, std {list(view.std)}")
+        truth_x = truth_y = None
+        if truth is not None:
+            truth_x, truth_y = _truth(truth, truth_split, size, resize)
+            if tuple(truth_x.shape[1:]) != tuple(view.image_shape):
+                raise GradleakError(f"--truth images are {tuple(truth_x.shape[1:])}, the model's input is "
+                                    f"{tuple(view.image_shape)}; give --image-size or the store's input spec")
+        with _attack_progress(attack_obj) as callback, report_progress(callback):
+            recon = attack_obj(view, generator=torch.Generator().manual_seed(seed))
     except (GradleakError, TypeError, ValueError) as exc:
         _fail(exc if isinstance(exc, GradleakError) else GradleakError(f"{attack_name}: {exc}"))
         return
@@ -343,8 +475,40 @@ def attack(
                         labels=np.array([] if recon.labels is None else recon.labels.numpy()))
     png = save_image_row(recon.images, out / "reconstruction.png", title=f"{attack_name}: client {client}, "
                          f"round {round_}")
-    console.print(f"{attack_name} on client {client}, round {round_}: {len(recon.images)} image(s) in "
-                  f"{recon.wall_time:.1f} s, {recon.iterations} iterations -> [bold]{png}[/]")
+    final = recon.loss_trace[-1].min().item() if recon.loss_trace is not None and recon.loss_trace.numel() else None
+    restarts = getattr(attack_obj, "restarts", 1)
+    console.print(f"{len(recon.images)} image(s) in {recon.wall_time:.1f} s: {recon.iterations} iterations × "
+                  f"{restarts} restart(s)" + (f", objective {final:.4g}" if final is not None else "")
+                  + f" -> [bold]{png}[/]")
+    if truth_x is not None:
+        g = grade(recon, truth_x, truth_y, prior=prior, assign=len(truth_x) > 1)
+        for i in range(g["n_truth"]):
+            parts = [f"SSIM {g['ssim'][i]:.3f}", f"PSNR {g['psnr'][i]:.1f} dB"]
+            if "rdlv" in g:
+                parts.append(f"RDLV {g['rdlv'][i]:+.1f} % (prior SSIM {g['ssim_prior'][i]:.3f})")
+            console.print(f"  image {i}: " + ", ".join(parts) + (" — leak" if g["leak"][i] else " — no leak"))
+        summary = f"SSIM {g['ssim_mean']:.3f}, PSNR {g['psnr_mean']:.1f} dB"
+        if "rdlv" in g:
+            summary += f", RDLV {g['rdlv_mean']:+.1f} %"
+        console.print(f"graded against {truth}: {summary}; {g['n_leaks']} of {g['n_truth']} image(s) leak "
+                      f"({describe_rule(g['rule'], g['tau'])})")
+
+
+@contextlib.contextmanager
+def _attack_progress(attack_obj: object):
+    """A progress bar of the optimisation (iterations, best objective) when the output is a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = int(getattr(attack_obj, "iterations", 0) or 0)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not console.is_terminal or total < 1, transient=True) as bar:
+        task = bar.add_task("attack (best objective –)", total=total)
+
+        def callback(done: int, iterations: int, best: object) -> None:
+            value = float(best.min()) if hasattr(best, "min") else float("nan")  # type: ignore[union-attr]
+            bar.update(task, completed=done, total=iterations, description=f"attack (best objective {value:.4g})")
+
+        yield callback
 
 
 @app.command("imprint-calc")
@@ -372,8 +536,21 @@ def imprint_calc(
     console.print(table)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """The console entry: a user error is one line (exit code 2); an unexpected error is one line too (exit code
+    1), with its traceback only under ``--debug``."""
+    from rich.markup import escape
+
+    try:
+        app()
+    except Exception as exc:
+        if _DEBUG["on"]:
+            console.print_exception(show_locals=False)
+        else:
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(text)} (unexpected; run again with "
+                          "--debug for the traceback)", soft_wrap=True, highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

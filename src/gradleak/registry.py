@@ -16,14 +16,47 @@ Examples
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from gradleak.errors import UnknownNameError
+from gradleak.errors import GradleakError, UnknownNameError
 
 T = TypeVar("T")
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "UnknownOptionError", "first_sentence", "option_names"]
+
+
+class UnknownOptionError(GradleakError, TypeError):
+    """An option the component does not take; the message lists the ones it does."""
+
+
+def option_names(factory: Callable[..., object]) -> list[str] | None:
+    """The keyword options ``factory`` takes (``None`` when it takes any)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and not p.name.startswith("_")]
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_ABBREVIATIONS = {"sec", "secs", "eq", "eqs", "fig", "figs", "al", "e.g", "i.e", "cf", "vs", "etc", "no", "ref"}
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring, on one line, without reStructuredText markup."""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text).replace("``", "").replace("**", "")
+    for match in re.finditer(r"\.(\s|$)", text):
+        word = re.search(r"([\w.]+)$", text[: match.start()])
+        if word is None or word.group(1).lower() not in _ABBREVIATIONS:
+            return text[: match.start() + 1]
+    return text
 
 
 class Registry(Generic[T]):
@@ -50,7 +83,7 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._factories[name] = factory
             doc = help if help is not None else (factory.__doc__ or "")
-            self._help[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+            self._help[name] = first_sentence(doc) if doc.strip() else ""
             return factory
 
         return decorator
@@ -63,8 +96,18 @@ class Registry(Generic[T]):
             raise UnknownNameError(self._unknown_message(name)) from None
 
     def create(self, name: str, /, **options: object) -> T:
-        """Build the component ``name`` with ``options``."""
-        return self.get(name)(**options)
+        """Build the component ``name`` with ``options``; an option it does not take raises
+        :class:`UnknownOptionError` listing the valid ones."""
+        factory = self.get(name)
+        valid = option_names(factory)
+        if valid is not None:
+            for key in options:
+                if key not in valid:
+                    close = difflib.get_close_matches(key, valid, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise UnknownOptionError(f"{self.kind} {name!r} has no option {key!r}.{hint} Its options: "
+                                             f"{', '.join(valid) or '(none)'}")
+        return factory(**options)
 
     def check(self, name: str) -> None:
         """Raise :class:`UnknownNameError` unless ``name`` is registered (used to validate configs early)."""
@@ -75,7 +118,7 @@ class Registry(Generic[T]):
         return sorted(self._factories)
 
     def describe(self, name: str) -> str:
-        """First line of the factory's docstring."""
+        """First sentence of the factory's docstring (one line, no markup)."""
         self.get(name)
         return self._help[name]
 

@@ -114,3 +114,17 @@ def test_schedules() -> None:
     assert cos.lr_at(60, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
     with pytest.raises(ValueError, match="optimizer"):
         OptimizerConfig(name="rmsprop")  # type: ignore[arg-type]
+
+
+def test_report_progress_sees_every_check_and_the_end() -> None:
+    from gradleak.attacks.optimize import report_progress
+
+    seen = []
+    target = torch.tensor([[1.0, -2.0]])
+    with report_progress(lambda done, total, best: seen.append((done, total, float(best.min())))):
+        minimize(lambda v: (v["x"] - target).pow(2).sum(1), {"x": torch.zeros(1, 2)}, iterations=250,
+                 check_every=100, optimizer=OptimizerConfig(lr=0.1))
+    assert [(d, t) for d, t, _ in seen] == [(100, 250), (200, 250), (250, 250)]
+    assert seen[-1][2] <= seen[0][2] < 5.0  # the best objective only improves
+    out = minimize(lambda v: (v["x"] - target).pow(2).sum(1), {"x": torch.zeros(1, 2)}, iterations=10)
+    assert len(seen) == 3 and out.iterations == 10  # outside the block nothing is reported

@@ -71,7 +71,7 @@ def test_attack_command_reads_a_store_recorded_as_flower_records_it(demo_out: Pa
     flower.save_update(dataclasses.replace(update, metadata={"flower_node_id": 123, "train_loss": 0.5}))
     args = ["attack", "--store", str(tmp_path / "flower"), "--round", "0", "--client", "8", "--attack",
             "fedavg-inversion", "--option", "iterations=2", "--dataset", "sample-pneumoniamnist", "--batch-size", "1",
-            "--out", str(tmp_path / "out")]
+            "--lr", "0.01", "--out", str(tmp_path / "out")]
     no_model = runner.invoke(app, args)
     assert no_model.exit_code == 2 and "--model NAME" in no_model.output
     options = [f"--model-option={k}={v}" for k, v in source.model_spec.options.items()]
@@ -111,6 +111,33 @@ def test_inspect_rejects_a_tampered_store(demo_out: Path, tmp_path: Path) -> Non
     bad = runner.invoke(app, ["inspect", str(store)])
     assert bad.exit_code == 2
     assert "client_00003" in bad.output and "checksum" in bad.output
+
+
+@pytest.mark.parametrize("damage", ["missing sidecar", "orphan tensor", "missing global", "another run"])
+def test_inspect_fails_on_a_broken_chain(demo_out: Path, tmp_path: Path, damage: str) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(next((demo_out / "settings").glob("*/store")), store)
+    update = store / "updates" / "round_00000" / "client_00003"
+    if damage == "missing sidecar":  # the update's JSON is gone: its tensor file is left alone
+        update.with_suffix(".json").unlink()
+        expected = "client_00003.safetensors: tensor file without its sidecar"
+    elif damage == "orphan tensor":
+        (update.parent / "client_00042.safetensors").write_bytes(update.with_suffix(".safetensors").read_bytes())
+        expected = "client_00042.safetensors: tensor file without its sidecar"
+    elif damage == "missing global":
+        for suffix in (".json", ".safetensors"):
+            (store / "globals" / f"round_00000{suffix}").unlink()
+        expected = "round 0 has updates but no global model"
+    else:  # the round-0 model of another run copied over this one's
+        other = UpdateStore(tmp_path / "other")
+        state = UpdateStore(store, create=False).load_global(0)
+        other.save_global(dataclasses.replace(state, params={k: v + 1 for k, v in state.params.items()}))
+        for suffix in (".json", ".safetensors"):
+            shutil.copy(tmp_path / "other" / "globals" / f"round_00000{suffix}", store / "globals")
+        expected = "not the one this store's run started from"
+    result = runner.invoke(app, ["inspect", str(store)])
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split()) and "cannot be trusted" in result.output
 
 
 def test_unknown_scenario_lists_valid_names(tmp_path) -> None:

@@ -30,14 +30,16 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["OptimResult", "OptimizerConfig", "minimize"]
+__all__ = ["OptimResult", "OptimizerConfig", "minimize", "report_progress"]
 
 Variables = dict[str, Tensor]
 
@@ -138,6 +140,22 @@ class _LBFGS:
         return r
 
 
+#: Called as ``callback(done, iterations, best_objective)`` every ``check_every`` iterations and at the end, when
+#: set with :func:`report_progress` (the only extra host synchronisation, and only then).
+_PROGRESS: ContextVar[Callable[[int, int, Tensor], None] | None] = ContextVar("gradleak_progress", default=None)
+
+
+@contextmanager
+def report_progress(callback: Callable[[int, int, Tensor], None]) -> Iterator[None]:
+    """Within the block, every optimisation loop reports ``(done, iterations, best objective per trial)`` to
+    ``callback`` every ``check_every`` iterations and when it ends (``gradleak attack`` draws a progress bar)."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def minimize(
     objective: Callable[[Variables], Tensor],
     variables: Mapping[str, Tensor],
@@ -204,6 +222,7 @@ def minimize(
         best_obj = torch.where(better, obj, best_obj)
 
     done = 0
+    progress = _PROGRESS.get()
     for i in range(iterations):
         if value_and_grad is not None:
             leaves = current
@@ -248,11 +267,15 @@ def minimize(
             if project is not None:
                 current = project(current)
         done = i + 1
+        if progress is not None and done % check_every == 0:
+            progress(done, iterations, best_obj)
         if tolerance is not None and done % check_every == 0 and bool((best_obj <= tolerance).all()):
             break
     with torch.no_grad():
         final = objective(current).detach()
     remember(current, final)
+    if progress is not None:
+        progress(done, iterations, best_obj)
     return OptimResult(
         variables=best,
         objective=best_obj,

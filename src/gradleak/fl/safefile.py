@@ -359,8 +359,16 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, :func:`os.replace`).
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, :func:`os.replace`), with the
+    permissions a plain ``open(path, "w")`` would give (``0o666`` less the user's umask; temporary files are
+    created ``0o600``).
 
     On any failure the temporary file is removed and ``path`` is left as it was.
     """
@@ -372,6 +380,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

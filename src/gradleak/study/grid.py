@@ -221,6 +221,34 @@ def _check_data(scenario: Any) -> int:
         raise ConfigError(f"scenario: {exc}") from None
 
 
+def _check_model(model_spec: Any, federation: Any) -> int:
+    """Build the model and run it once on one client sample: it must take the data's input and return one logit
+    per class. Returns the number of logits."""
+    from gradleak.study.views import output_classes
+
+    where = f"scenario.model: {model_spec.name!r}"
+    try:
+        model = model_spec.build()
+    except GradleakError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
+    shape = tuple(federation.clients[0].train.x.shape[1:])
+    try:
+        classes = output_classes(model, shape)
+    except GradleakError as exc:
+        raise ConfigError(f"{where} does not fit the data ({federation.scenario.dataset}, inputs "
+                          f"{'×'.join(map(str, shape))}): {exc}") from None
+    parts = [c.train.y for c in federation.clients] + [c.val.y for c in federation.clients if c.val is not None]
+    parts.append(federation.test.y)
+    labels = [int(y.max()) for y in parts if len(y)]
+    top = max(labels) if labels else 0
+    if classes <= top:
+        raise ConfigError(f"{where} returns {classes} logits but the data has labels up to {top}; set the model's "
+                          f"num_classes to at least {top + 1}")
+    return classes
+
+
 _FEDERATIONS: dict[str, Any] = {}
 
 
@@ -239,13 +267,17 @@ def _check_attack(index: int, attack: AttackConfig, num_clients: int, rounds: in
 
     where = f"attacks[{index}]"
     try:
-        factory = ATTACKS.get(attack.name)
+        ATTACKS.get(attack.name)
     except GradleakError as exc:
         raise ConfigError(f"{where}.name: {exc}") from None
     try:
-        factory(**attack.options)
+        built = ATTACKS.create(attack.name, **attack.options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}.options: {attack.name}: {exc}") from None
+    iterations = getattr(built, "iterations", None)
+    if iterations is not None and not (isinstance(iterations, int) and iterations >= 1):
+        raise ConfigError(f"{where}.options.iterations: must be an integer >= 1, got {iterations!r} (an attack "
+                          "that never optimises reports the prior, not the update)")
     if attack.clients != "all":
         bad = [c for c in attack.clients if c >= num_clients]
         if bad:
@@ -285,7 +317,10 @@ def plan_study(config: StudyConfig) -> Plan:
         if data_key not in checked:
             checked[data_key] = _check_data(scenario)
         counts[s.key], rounds[s.key] = checked[data_key], scenario.rounds
-        _, _, stages = _stages_or_fail(scenario)
+        model_spec, _, stages = _stages_or_fail(scenario)
+        model_key = content_key([data_key, model_spec.to_json()], 16)
+        if model_key not in checked:
+            checked[model_key] = _check_model(model_spec, federation_of(scenario))
         if stages["aggregate"] and config.attacks:
             raise ConfigError(f"defenses: setting {s.label!r} uses secure aggregation; the server then sees no "
                               "client's own update, so the study's per-client attacks cannot run on it")
