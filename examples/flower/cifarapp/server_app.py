@@ -1,5 +1,6 @@
 """cifarapp: a Flower / PyTorch app — the ServerApp, its FedAvg wrapped in gradleak's recorder."""
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -21,7 +22,8 @@ def main(grid: Grid, context: Context) -> None:
     num_rounds = cfg["num-server-rounds"]
     sites = len(str(cfg["partition-sizes"]).split(","))
 
-    # Load global model
+    # Load global model (seeded, so that a run can be repeated)
+    torch.manual_seed(cfg["seed"])
     global_model = Net()
     arrays = ArrayRecord(global_model.state_dict())
 
