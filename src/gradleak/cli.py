@@ -192,8 +192,9 @@ def inspect(store_dir: Path = typer.Argument(..., help="an UpdateStore directory
     console.print(table)
     info = store.server_info
     known = [k for k in ("input", "recipe", "clients") if k in info]
-    console.print(f"run {store.run_id[:12] if store.run_id else '(no round-0 model yet)'}: every record loaded and "
-                  f"validated" + (" against the model" if model is not None else "")
+    run = (store.run_id[:12] if store.run_id else "(recorded before stores held a run id)" if store.has_global(0)
+           else "(no round-0 model yet)")
+    console.print(f"run {run}: every record loaded and validated" + (" against the model" if model is not None else "")
                   + (f"; the store records the clients' {', '.join(known)}" if known else ""))
 
 
