@@ -274,17 +274,16 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
                                       "Leakage and utility"))
             else:
                 plt.close(fig)
-            groups = _per_client(rows)
             shares = {c: sorted((xv, v) for xv, v in (
                 (xv, _leak_share(data, [r for r in rs if param_value(data, r, param) == xv]))
                 for xv in {param_value(data, r, param) for r in rs} if xv is not None) if v is not None)
-                for c, rs in groups.items()}
+                for c, rs in clients.items()}
             base_shares = {c: _leak_share(data, [r for r in rs if is_baseline(data.setting(r["setting"]))
-                                                 and param_value(data, r, param) is None]) for c, rs in groups.items()}
+                                                 and param_value(data, r, param) is None]) for c, rs in clients.items()}
             if any(shares.values()) or any(v is not None for v in base_shares.values()):
                 fig, ax = plt.subplots(figsize=(5.5, 3.4))
                 _x_scale(ax, xs)
-                for c in groups:
+                for c in clients:
                     color = None
                     if shares[c]:
                         line, = ax.plot([a for a, _ in shares[c]], [b for _, b in shares[c]], marker="o",
