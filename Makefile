@@ -11,7 +11,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,flower]"
+	$(PY) -m pip install --quiet -e ".[dev,flower,nvflare]"
 	touch $(STAMP)
 
 install: $(STAMP)

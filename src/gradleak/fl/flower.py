@@ -75,13 +75,14 @@ def _split_state(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict
     return params, buffers
 
 
-def make_client_app(sim: FedAvgSimulation) -> Any:
-    """A Flower ``ClientApp`` whose node with ``partition-id`` *i* is ``sim.clients[i]``."""
+def make_client_app(sim: FedAvgSimulation, *, mods: Sequence[Any] = ()) -> Any:
+    """A Flower ``ClientApp`` whose node with ``partition-id`` *i* is ``sim.clients[i]``, with Flower ``mods``
+    (e.g. :class:`gradleak.fl.flower_mods.LeakageGateMod`)."""
     require_flower()
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
-    app = ClientApp()
+    app = ClientApp(mods=list(mods))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -293,11 +294,14 @@ def run_flower_simulation(
     store: UpdateStore,
     seed: int = 0,
     num_cpus_per_client: float = 1.0,
+    mods: Sequence[Any] = (),
+    initial: GlobalState | None = None,
 ) -> GlobalState:
     """Run the scenario through Flower's simulation engine (Ray backend), recording into ``store``.
 
     Uses the same seeds as :class:`FedAvgSimulation` (initial model, per-round client seeds), all clients
-    every round. Returns the final global state (round ``rounds``) as recorded.
+    every round; ``mods`` are the client app's Flower mods; ``initial`` replaces the seeded initial model.
+    Returns the final global state (round ``rounds``) as recorded.
     """
     require_flower()
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -307,7 +311,7 @@ def run_flower_simulation(
     from flwr.simulation import run_simulation
 
     sim = FedAvgSimulation(model, clients, rounds=rounds, seed=seed)
-    initial = sim.initial_state()
+    initial = initial if initial is not None else sim.initial_state()
     n = len(clients)
     server = ServerApp()
 
@@ -319,7 +323,7 @@ def run_flower_simulation(
 
     run_simulation(
         server_app=server,
-        client_app=make_client_app(sim),
+        client_app=make_client_app(sim, mods=mods),
         num_supernodes=n,
         backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0}},
     )

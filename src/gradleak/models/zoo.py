@@ -52,21 +52,22 @@ DEFAULT_INPUTS: dict[str, tuple[str, tuple[int, int, int]]] = {
 _FALLBACK_INPUT = ("CIFAR-10", (3, 32, 32))
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **options: Any) -> nn.Module:
+def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None,
+                 **options: Any) -> nn.Module:
     """Build a model by registry name or ``"package.module:factory"`` import path.
 
     Parameters
     ----------
     name
         A registered name (see ``MODELS.names()``) or an import path containing ``":"``; the class or factory
-        at an import path is called as ``factory(num_classes=..., in_channels=..., **options)``, leaving out
-        ``num_classes`` and ``in_channels`` when it does not take them (a plain ``nn.Module`` class with no
-        arguments works), and must return an ``nn.Module``. The current directory is searched for its module
-        too, as ``python -m`` does.
+        at an import path is called as ``factory(num_classes=..., in_channels=..., **options)``, passing
+        ``num_classes`` and ``in_channels`` only when given and when it takes them (a plain ``nn.Module`` class
+        with no arguments works; a class keeps its own defaults), and must return an ``nn.Module``. The current
+        directory is searched for its module too, as ``python -m`` does.
     num_classes
-        Number of output logits.
+        Number of output logits (registered models: default 10).
     in_channels
-        Number of input image channels (1 for MNIST, 3 for CIFAR-10).
+        Number of input image channels (1 for MNIST, 3 for CIFAR-10; registered models: default 3).
     **options
         Architecture options of the model (``image_size``, ``dropout``, ``width``, ...). Two options are
         handled here for every model, registered or imported: ``weights_path`` loads a local safetensors
@@ -91,16 +92,17 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **optio
     """
     weights_path = options.pop("weights_path", None)
     weights_strict = options.pop("weights_strict", True)
-    kwargs = {"num_classes": num_classes, "in_channels": in_channels, **options}
     if ":" in name:
         factory = _import_factory(name)
-        # your own class or factory may fix its classes and channels itself (Flower's `Net()`): they are passed
-        # only when it takes them
-        for key in ("num_classes", "in_channels"):
-            if key not in options and not _accepts(factory, key):
-                kwargs.pop(key)
+        # your own class or factory keeps its own defaults (Flower's `Net()`, `Net(num_classes=2)`): classes and
+        # channels are passed only when given and when it takes them
+        given = {"num_classes": num_classes, "in_channels": in_channels}
+        kwargs = {k: v for k, v in given.items() if v is not None and _accepts(factory, k)}
+        kwargs.update(options)
     else:
         factory = MODELS.get(name)
+        kwargs = {"num_classes": 10 if num_classes is None else num_classes,
+                  "in_channels": 3 if in_channels is None else in_channels, **options}
     _check_options(name, factory, kwargs)
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
