@@ -3,6 +3,7 @@ function, and passes, noises until nothing leaks, or blocks — with its evidenc
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from gradleak.defenses import LocalGaussian
 from gradleak.errors import GradleakError
 from gradleak.gate import LeakageGate
 from gradleak.metrics import grade
+from gradleak.records import ServerView
 
 from .conftest import check, client_case
 
@@ -20,9 +22,14 @@ FAST = {"fedavg-inversion": {"iterations": 120}}
 ONE, MANY = 8, 1  # the one-image client and a 16-image one
 
 
-def test_the_one_image_update_leaks_and_the_gate_escalates_until_it_does_not(hospital, tmp_path) -> None:
-    gate = LeakageGate(FAST, restarts=2, ladder=(0.1, 1.0, 3.0), noise_seed=3)
-    decision, update = check(gate, hospital, ONE)
+@pytest.fixture(scope="module")
+def escalated(hospital):
+    """The one-image client's check with escalation (computed once for the tests that read it)."""
+    return check(LeakageGate(FAST, restarts=2, ladder=(0.1, 1.0, 3.0), noise_seed=3), hospital, ONE)
+
+
+def test_the_one_image_update_leaks_and_the_gate_escalates_until_it_does_not(escalated, tmp_path) -> None:
+    decision, update = escalated
     first = decision.steps[0]
     assert first.sigma0 is None and first.leaks == 1
     assert first.attacks["fedavg-inversion"]["rdlv"][0] > 0 and first.attacks["fedavg-inversion"]["ssim"][0] > 0.5
@@ -45,14 +52,9 @@ def test_the_one_image_update_leaks_and_the_gate_escalates_until_it_does_not(hos
     assert (tmp_path / "round_1.npz").is_file()
 
 
-def test_an_independent_attack_on_the_escalated_update_finds_no_leak(hospital) -> None:
-    gate = LeakageGate(FAST, restarts=2, ladder=(0.1, 1.0, 3.0), noise_seed=3)
-    decision, _ = check(gate, hospital, ONE)
+def test_an_independent_attack_on_the_escalated_update_finds_no_leak(hospital, escalated) -> None:
+    decision, _ = escalated
     model, state, _, images, labels, recipe = client_case(hospital, ONE)
-    import copy
-
-    from gradleak.records import ServerView
-
     base = copy.deepcopy(model)
     base.load_state_dict(state.state_dict())
     view = ServerView(model=lambda: copy.deepcopy(base), global_state=state, updates=(decision.update,),

@@ -168,6 +168,21 @@ def test_import_path_factory(user_module: str) -> None:
     assert isinstance(nested, nn.Linear) and nested.weight.shape == (2, 6)
 
 
+def test_an_imported_class_keeps_its_own_defaults(tmp_path, monkeypatch) -> None:
+    """NVFlare's and Flower's examples write `Net(num_classes=2)`: a spec that names only the class must build the
+    class as its author defaults it, not with 10 classes."""
+    (tmp_path / "gl_own_defaults.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        class Net(nn.Linear):
+            def __init__(self, num_classes=2, in_channels=4):
+                super().__init__(in_channels, num_classes)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert create_model("gl_own_defaults:Net").weight.shape == (2, 4)
+    assert create_model("gl_own_defaults:Net", num_classes=7).weight.shape == (7, 4)
+
+
 def test_import_path_errors_are_clear(user_module: str) -> None:
     with pytest.raises(ModelImportError, match=r"cannot import module 'gl_no_such_module'.*sys.path"):
         create_model("gl_no_such_module:build")

@@ -61,8 +61,9 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
     name
         A registered name (see ``MODELS.names()``) or an import path containing ``":"``; the class or factory
         at an import path is called as ``factory(num_classes=..., in_channels=..., **options)``, passing
-        ``num_classes`` and ``in_channels`` only when given and when it takes them (a plain ``nn.Module`` class
-        with no arguments works; a class keeps its own defaults), and must return an ``nn.Module``. The current
+        ``num_classes`` and ``in_channels`` when given and taken, or when it requires them (10 and 3 unless
+        given); a plain ``nn.Module`` class with no arguments works and a class keeps its own defaults. It must
+        return an ``nn.Module``. The current
         directory is searched for its module too, as ``python -m`` does.
     num_classes
         Number of output logits (registered models: default 10).
@@ -95,9 +96,11 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
     if ":" in name:
         factory = _import_factory(name)
         # your own class or factory keeps its own defaults (Flower's `Net()`, `Net(num_classes=2)`): classes and
-        # channels are passed only when given and when it takes them
+        # channels are passed when given and taken, or when it requires them (then 10 and 3 unless given)
         given = {"num_classes": num_classes, "in_channels": in_channels}
+        defaults = {"num_classes": 10, "in_channels": 3}
         kwargs = {k: v for k, v in given.items() if v is not None and _accepts(factory, k)}
+        kwargs.update({k: defaults[k] for k in given if k not in kwargs and _requires(factory, k)})
         kwargs.update(options)
     else:
         factory = MODELS.get(name)
@@ -251,6 +254,16 @@ def _accepts(factory: Callable[..., Any], key: str) -> bool:
         return True
     return any((p.name == key and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or p.kind == p.VAR_KEYWORD
                for p in parameters)
+
+
+def _requires(factory: Callable[..., Any], key: str) -> bool:
+    """Whether ``factory`` has a parameter ``key`` without a default."""
+    try:
+        parameter = inspect.signature(factory).parameters.get(key)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is inspect.Parameter.empty and parameter.kind in (
+        parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
 
 
 def _check_options(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
