@@ -149,9 +149,11 @@ def test_attacking_the_recorded_update_equals_attacking_gradleaks_own(run: dict)
     assert decision.update is not None
     # the gate's noised update, as sent. The site sends full float32 weights (not differences): the recorded delta
     # (weights - global) is exact to about one float32 step of the weights, eps * |w| (~1e-8 here), no better
+    worst = 0.0
     for k, ours in decision.update.delta.items():
         step = torch.finfo(torch.float32).eps * (state.params[k].abs().max() + ours.abs().max())
         assert (recorded.delta[k] - ours).abs().max() <= 2 * step, k
+        worst = max(worst, float((recorded.delta[k] - ours).abs().max()))
     base = copy.deepcopy(model)
     base.load_state_dict(state.state_dict())
     recipe = LocalRecipe(optimizer="sgd", lr=0.01, batch_size=1, epochs=1)
@@ -165,6 +167,12 @@ def test_attacking_the_recorded_update_equals_attacking_gradleaks_own(run: dict)
         results.append((recon.images, grade(recon, images, labels, prior=prior)))
     # the updates differ by float32 rounding of the sent weights (~1e-8); 100 Adam iterations amplify that to
     # pixel differences of ~1e-2 at most (measured max 0.0075, mean ~1e-4): the same image, the same verdict
+    diff = (results[0][0] - results[1][0]).abs()
+    (_, ours), (_, theirs) = results
+    print(f"\nrecorded vs gradleak update: max |diff| {worst:.2e}; reconstructions: max |diff| "
+          f"{float(diff.max()):.4f}, mean {float(diff.mean()):.2e}; RDLV {ours['rdlv_mean']:+.2f} vs "
+          f"{theirs['rdlv_mean']:+.2f}; SSIM {ours['ssim_mean']:.4f} vs {theirs['ssim_mean']:.4f}; "
+          f"gate {decision.action} sigma0={decision.sigma0}")
     assert (results[0][0] - results[1][0]).abs().max() < 0.02
     assert (results[0][0] - results[1][0]).abs().mean() < 1e-3
     assert abs(results[0][1]["rdlv_mean"] - results[1][1]["rdlv_mean"]) < 0.5
