@@ -287,7 +287,8 @@ class UpdateRecorder(Filter):
     Add the *same* settings twice — as a server output (task data) filter and a server input (task result)
     filter (:func:`record_updates` does both): on task data it records the round's global model (round
     ``current_round``, once), on task results the site's update as a delta against that model (WEIGHTS or
-    WEIGHT_DIFF results; BatchNorm buffers as sent).
+    WEIGHT_DIFF results; BatchNorm buffers as sent). The last round's aggregate is never sent as task data, so
+    it is not recorded (NVFlare's model persistor saves it). A recording error is logged; the run goes on.
 
     Parameters
     ----------
