@@ -385,6 +385,8 @@ def attack(
     weight_decay: float | None = typer.Option(None, help="the clients' weight decay, overriding the store"),
     batch_size: int | None = typer.Option(None, min=1, help="the clients' batch size, overriding the store"),
     epochs: int | None = typer.Option(None, min=1, help="the clients' local epochs, overriding the store"),
+    num_images: int | None = typer.Option(None, min=1, help="the client's number of images, when the store "
+                                                            "records none (or to override it)"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("gradleak-out/attack"), help="where the reconstruction goes"),
 ) -> None:
@@ -451,6 +453,12 @@ def attack(
             view = dataclasses.replace(view, recipe=view.recipe.replace(**overrides),
                                        batch_size=min(overrides.get("batch_size", view.recipe.batch_size),
                                                       view.num_images or 1))
+        if num_images is not None:
+            view = dataclasses.replace(view, num_images=num_images, batch_size=min(
+                view.recipe.batch_size if view.recipe is not None else num_images, num_images))
+        if not view.num_images:
+            raise GradleakError(f"the store records no number of images for client {client} (its client reported "
+                                "none): give it with --num-images N")
         if view.recipe is None:
             raise GradleakError("the store records no recipe for this update: say how the clients train with --lr "
                                 "and --batch-size (and --optimizer, --momentum, --epochs where they differ from "

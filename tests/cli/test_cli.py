@@ -80,6 +80,22 @@ def test_attack_command_reads_a_store_recorded_as_flower_records_it(demo_out: Pa
     assert (tmp_path / "out" / "reconstruction.png").is_file()
 
 
+def test_attack_asks_for_the_number_of_images_when_the_client_reported_none(demo_out: Path, tmp_path: Path) -> None:
+    """NVFlare's hello-pt client reports steps, not images: the store records 0 examples."""
+    source = UpdateStore(next((demo_out / "settings").glob("*/store")), create=False)
+    store = UpdateStore(tmp_path / "nvflare", model_spec=source.model_spec)
+    store.save_global(source.load_global(0))
+    store.save_update(dataclasses.replace(source.load_update(0, 8), num_examples=0))
+    args = ["attack", "--store", str(tmp_path / "nvflare"), "--round", "0", "--client", "8", "--attack",
+            "fedavg-inversion", "--option", "iterations=2", "--dataset", "sample-pneumoniamnist", "--lr", "0.01",
+            "--batch-size", "1", "--out", str(tmp_path / "out")]
+    missing = runner.invoke(app, args)
+    assert missing.exit_code == 2 and "--num-images N" in missing.output
+    given = runner.invoke(app, [*args, "--num-images", "1"])
+    assert given.exit_code == 0, given.output
+    assert "1 image(s)" in given.output and (tmp_path / "out" / "reconstruction.png").is_file()
+
+
 def test_imprint_calc_prints_the_expectations() -> None:
     result = runner.invoke(app, ["imprint-calc", "--batch", "64", "--bins", "128", "--draws", "2000"])
     assert result.exit_code == 0, result.output
