@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 import gradleak.attacks  # noqa: F401  (registers every attack)
 from gradleak.attacks.base import ATTACKS
+from gradleak.defenses import LocalGaussian, resolve_defenses
 from gradleak.errors import GradleakError
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.metrics import grade
@@ -165,8 +166,6 @@ class LeakageGate:
                  *, ladder: Sequence[float] = (0.1, 0.3, 1.0, 3.0), percentile: float = 95.0,
                  on_leak: Literal["escalate", "block"] = "escalate", tau: float = 0.5, restarts: int = 3,
                  max_seconds: float | None = None, seed: int = 0, noise_seed: int | None = None) -> None:
-        from gradleak.defenses import LocalGaussian
-
         self.attack_options = _as_options(attacks)
         if not self.attack_options:
             raise GradleakError("the gate needs at least one attack")
@@ -228,8 +227,6 @@ class LeakageGate:
         num_classes
             The number of classes (default: the model's outputs).
         """
-        from gradleak.defenses import resolve_defenses
-
         if images.dim() != 4 or labels.shape != (images.shape[0],):
             raise GradleakError("images must be (N, C, H, W) in [0, 1] and labels (N,) class indices")
         if update.num_examples != len(images):
@@ -247,22 +244,23 @@ class LeakageGate:
         view = ServerView(
             model=lambda: copy.deepcopy(base), global_state=global_state, updates=(update,),
             image_shape=tuple(images.shape[1:]), num_classes=num_classes,  # type: ignore[arg-type]
-            mean=tuple(mean), std=tuple(std), batch_size=recipe.batch_size, num_images=len(images),
+            mean=tuple(mean), std=tuple(std), batch_size=min(recipe.batch_size, len(images)), num_images=len(images),
             recipe=recipe, defenses=known, prior=prior)
         noise_seed = self.noise_seed if self.noise_seed is not None else secrets.randbits(62)
         noise_gen = torch.Generator().manual_seed(noise_seed)
 
         steps: list[GateStep] = []
         recons: dict[str, Tensor] = {}
-        candidates: list[tuple[float | None, ClientUpdate, tuple]] = [(None, update, known)]
-        if self.on_leak == "escalate":
-            candidates += [(n.sigma0, n, (*known, n)) for n in self.noise]  # type: ignore[misc]
-        for index, (sigma0, noise, defenses_known) in enumerate(candidates):
+        # rung 0: the update as the client would send it; then one rung per sigma0 of the ladder (when escalating)
+        rungs: list[LocalGaussian | None] = [None, *(self.noise if self.on_leak == "escalate" else [])]
+        for index, noise in enumerate(rungs):
             if index and self.max_seconds is not None and time.perf_counter() - start > self.max_seconds:
                 return self._decide("block", None, None, steps, recons, start,
                                     f"the wall-time budget ({self.max_seconds:g} s) ran out before an update "
                                     f"passed; the last update tried leaked {steps[-1].leaks} image(s)")
-            sent = update if sigma0 is None else noise(update, noise_gen)  # type: ignore[operator]
+            sigma0 = None if noise is None else noise.sigma0
+            sent = update if noise is None else noise(update, noise_gen)
+            defenses_known = known if noise is None else (*known, noise)
             step = self._attack(dataclasses.replace(view, updates=(sent,), defenses=defenses_known),
                                 images, labels, prior, sigma0, recons)
             steps.append(step)

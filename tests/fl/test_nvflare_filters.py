@@ -66,3 +66,24 @@ def test_the_defense_filter_is_gradleaks_local_gaussian_on_the_sent_update(kind:
 def test_the_defense_filter_takes_update_stage_defenses_only() -> None:
     with pytest.raises(GradleakError, match="update-stage"):
         DefenseFilter(["dp-sgd"], MODEL)
+
+
+def test_what_a_defense_withholds_does_not_leave_the_site() -> None:
+    torch.manual_seed(0)
+    model = create_model(MODEL)
+    glob = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    f = DefenseFilter(["withhold-bn"], MODEL)
+    f.handle_event(EventType.BEFORE_TASK_EXECUTION, _ctx(_shareable(glob)))
+    out = from_shareable(f.process(_shareable(glob), _ctx()))
+    buffers = set(dict(model.named_buffers()))
+    assert buffers and not buffers & set(out.data)
+    assert set(dict(model.named_parameters())) <= set(out.data)
+
+
+def test_a_result_must_answer_the_global_model_of_its_round() -> None:
+    model = create_model(MODEL)
+    glob = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    f = DefenseFilter(["withhold-bn"], MODEL)
+    f.handle_event(EventType.BEFORE_TASK_EXECUTION, _ctx(_shareable(glob, round_=2)))
+    with pytest.raises(GradleakError, match="round 3 answers the global model of round 2"):
+        f.process_dxo(from_shareable(_shareable(glob, round_=3)), _shareable(glob, round_=3), _ctx())

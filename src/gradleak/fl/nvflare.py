@@ -83,10 +83,6 @@ def _import(path: str, what: str) -> Any:
         raise GradleakError(f"{what}: cannot import {path!r} ({exc})") from None
 
 
-def _model_spec(model: str) -> ModelSpec:
-    return ModelSpec(model)
-
-
 def _to_tensors(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in data.items()}
 
@@ -106,6 +102,22 @@ def _split(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict, d
                             "the job trains?")
     return ({k: state[k].to(params[k].dtype) for k in params},
             {k: state[k].to(buffers[k].dtype) for k in buffers if k in state})
+
+
+def _delta(dxo: DXO, glob_params: Mapping[str, torch.Tensor],
+           glob_buffers: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """A WEIGHTS or WEIGHT_DIFF result as gradleak's (delta, buffers) against the global model it answers."""
+    result = _to_tensors(dxo.data)  # a defense may have withheld layers or buffers: what is there counts
+    if dxo.data_kind == DataKind.WEIGHT_DIFF:
+        delta = {k: result[k].to(v.dtype) for k, v in glob_params.items() if k in result}
+        buffers = {k: v + result[k].to(v.dtype) for k, v in glob_buffers.items() if k in result}
+    else:
+        delta = {k: result[k].to(v.dtype) - v for k, v in glob_params.items() if k in result}
+        buffers = {k: result[k].to(v.dtype) for k, v in glob_buffers.items() if k in result}
+    if not delta:
+        raise GradleakError("the result holds none of the model's parameters: is the filter's model the one the "
+                            "job trains?")
+    return delta, buffers
 
 
 def _round(shareable: Shareable, fl_ctx: FLContext) -> int:
@@ -142,15 +154,11 @@ class _GlobalTracker(Filter):
         """The result ``dxo`` as a gradleak update, and the global state dict (tensors) it answers."""
         if self._received is None:
             raise GradleakError(f"{type(self).__name__}: no global model was received before this result")
-        received = _to_tensors(self._received)
-        result = _to_tensors(dxo.data)
-        g_params, g_buffers = _split(model, received)
-        if dxo.data_kind == DataKind.WEIGHT_DIFF:
-            delta = {k: result[k].to(g_params[k].dtype) for k in g_params if k in result}
-            buffers = {k: (g_buffers[k] + result[k].to(g_buffers[k].dtype)) for k in g_buffers if k in result}
-        else:
-            params, buffers = _split(model, result)
-            delta = {k: params[k] - g_params[k] for k in params}
+        if self._received_round is not None and self._received_round != round_:
+            raise GradleakError(f"{type(self).__name__}: a result of round {round_} answers the global model of "
+                                f"round {self._received_round}")
+        g_params, g_buffers = _split(model, _to_tensors(self._received))
+        delta, buffers = _delta(dxo, g_params, g_buffers)
         examples = dxo.get_meta_prop("num_examples")
         update = ClientUpdate(client=0, round=round_, delta=delta, buffers=buffers,
                               num_examples=int(examples) if isinstance(examples, int | float) else 0,
@@ -158,9 +166,13 @@ class _GlobalTracker(Filter):
         return update, {**g_params, **g_buffers}
 
     @staticmethod
-    def _to_dxo(dxo: DXO, update: ClientUpdate, global_state: Mapping[str, torch.Tensor]) -> DXO:
-        """``dxo`` with its tensors replaced by ``update``'s (same kind, keys, containers and dtypes)."""
-        data = dict(dxo.data)
+    def _to_dxo(dxo: DXO, original: ClientUpdate, update: ClientUpdate,
+                global_state: Mapping[str, torch.Tensor]) -> DXO:
+        """``dxo`` with its tensors replaced by ``update``'s (same kind, containers and dtypes); what a defense
+        withheld from ``original`` (layers, BatchNorm buffers) is left out."""
+        withheld = ({k for k in original.delta if k not in update.delta}
+                    | {k for k in original.buffers if k not in update.buffers})
+        data = {k: v for k, v in dxo.data.items() if k not in withheld}
         for k, d in update.delta.items():
             value = d if dxo.data_kind == DataKind.WEIGHT_DIFF else global_state[k] + d
             data[k] = _like(value, data[k])
@@ -194,17 +206,18 @@ class DefenseFilter(DXOFilter, _GlobalTracker):
         if wrong:
             raise GradleakError(f"DefenseFilter applies update-stage defenses only; {wrong} act elsewhere")
         self._defenses = resolved
-        self._model = _model_spec(model).build()
+        self._model = ModelSpec(model).build()
         self._generator = torch.Generator()
         self._generator.manual_seed(seed if seed is not None else secrets.randbits(62))
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
         site = fl_ctx.get_identity_name()
-        update, global_state = self._update_from(dxo, self._model, site, _round(shareable, fl_ctx))
+        original, global_state = self._update_from(dxo, self._model, site, _round(shareable, fl_ctx))
+        update = original
         for defense in self._defenses:
             update = defense(update, self._generator)
         self.log_info(fl_ctx, f"gradleak: applied {[d.name for d in self._defenses]} to {site}'s update")
-        return self._to_dxo(dxo, update, global_state)
+        return self._to_dxo(dxo, original, update, global_state)
 
 
 class LeakageGateFilter(DXOFilter, _GlobalTracker):
@@ -254,7 +267,7 @@ class LeakageGateFilter(DXOFilter, _GlobalTracker):
         self._gate = LeakageGate(attacks, ladder=(0.1, 0.3, 1.0) if ladder is None else ladder,
                                  percentile=percentile, on_leak=on_leak, tau=tau,  # type: ignore[arg-type]
                                  restarts=restarts, max_seconds=max_seconds, seed=seed, noise_seed=noise_seed)
-        self._model = _model_spec(model).build()
+        self._model = ModelSpec(model).build()
         self._data_fn: Callable[[str], Any] = _import(data, "LeakageGateFilter data")
         self._prior_fn: Callable[[], Any] = _import(prior, "LeakageGateFilter prior")
 
@@ -278,7 +291,7 @@ class LeakageGateFilter(DXOFilter, _GlobalTracker):
             raise ContentBlockedException(f"gradleak leakage gate blocked {site}'s update: {decision.reason}")
         if decision.action == "pass":
             return None
-        return self._to_dxo(dxo, decision.update, global_state)  # type: ignore[arg-type]
+        return self._to_dxo(dxo, update, decision.update, global_state)  # type: ignore[arg-type]
 
 
 class UpdateRecorder(Filter):
@@ -324,8 +337,8 @@ class UpdateRecorder(Filter):
 
     def _open(self) -> UpdateStore:
         if self._store is None:
-            self._model = _model_spec(self.model).build()
-            self._store = UpdateStore(self._path, model_spec=_model_spec(self.model))
+            self._model = ModelSpec(self.model).build()
+            self._store = UpdateStore(self._path, model_spec=ModelSpec(self.model))
         return self._store
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -364,44 +377,35 @@ class UpdateRecorder(Filter):
             self.log_exception(fl_ctx, f"gradleak: not recorded: {type(exc).__name__}: {exc}")
         return shareable
 
-    def _record(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+    def _record(self, shareable: Shareable, fl_ctx: FLContext) -> None:
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
-            return shareable
+            return
         try:
             dxo = from_shareable(shareable)
         except Exception:  # not a DXO: nothing to record
-            return shareable
+            return
         if dxo.data_kind not in _WEIGHT_KINDS or not isinstance(dxo.data, dict):
-            return shareable
+            return
         round_ = _round(shareable, fl_ctx)
-        chain = self.get_prop(FilterContextKey.CHAIN_TYPE)
         with _lock(self._path):
             store = self._open()
             assert self._model is not None
-            state = _to_tensors(dxo.data)
-            if chain == FilterChainType.TASK_DATA_CHAIN:
+            if self.get_prop(FilterContextKey.CHAIN_TYPE) == FilterChainType.TASK_DATA_CHAIN:
                 if dxo.data_kind == DataKind.WEIGHTS and not store.has_global(round_):
-                    params, buffers = _split(self._model, state)
-                    store.save_global(GlobalState(round=round_, params=params, buffers=buffers,
-                                                  metadata={"nvflare_task": shareable.get_header(
-                                                      ReservedKey.TASK_NAME)}))
-                return shareable
-            site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else "unknown"
-            self._record_result(store, dxo, state, site, round_)
-        return shareable
+                    params, buffers = _split(self._model, _to_tensors(dxo.data))
+                    store.save_global(GlobalState(round=round_, params=params, buffers=buffers, metadata={
+                        "nvflare_task": shareable.get_header(ReservedKey.TASK_NAME)}))
+                return
+            peer = fl_ctx.get_peer_context()
+            self._record_result(store, dxo, peer.get_identity_name() if peer else "unknown", round_)
 
-    def _record_result(self, store: UpdateStore, dxo: DXO, state: dict, site: str, round_: int) -> None:
+    def _record_result(self, store: UpdateStore, dxo: DXO, site: str, round_: int) -> None:
         assert self._model is not None
         if not store.has_global(round_):
             raise GradleakError(f"no global model recorded for round {round_}: add the recorder as a server "
                                 "output (task data) filter too (record_updates does both)")
         glob = store.load_global(round_, model=self._model)
-        if dxo.data_kind == DataKind.WEIGHT_DIFF:
-            delta = {k: state[k].to(v.dtype) for k, v in glob.params.items() if k in state}
-            buffers = {k: v + state[k].to(v.dtype) for k, v in glob.buffers.items() if k in state}
-        else:
-            params, buffers = _split(self._model, state)
-            delta = {k: params[k] - glob.params[k] for k in params}
+        delta, buffers = _delta(dxo, glob.params, glob.buffers)
         examples = dxo.get_meta_prop(self.examples_key)
         metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {}
         metadata: dict[str, Any] = {"nvflare_site": site, "client_metrics": {
