@@ -30,7 +30,6 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ from gradleak.errors import GradleakError
 from gradleak.fl.local import model_state
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.fl.store import UpdateStore
+from gradleak.models.zoo import import_callable
 from gradleak.records import ClientUpdate, GlobalState, InputSpec, ModelSpec
 
 try:
@@ -70,17 +70,6 @@ _LOCKS_GUARD = threading.Lock()
 def _lock(path: Path) -> threading.Lock:
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(str(path), threading.Lock())
-
-
-def _import(path: str, what: str) -> Any:
-    """``"package.module:attr"`` (or ``"package.module.attr"``) → the object."""
-    module, sep, attr = path.partition(":")
-    if not sep:
-        module, _, attr = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise GradleakError(f"{what}: cannot import {path!r} ({exc})") from None
 
 
 def _to_tensors(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -268,8 +257,8 @@ class LeakageGateFilter(DXOFilter, _GlobalTracker):
                                  percentile=percentile, on_leak=on_leak, tau=tau,  # type: ignore[arg-type]
                                  restarts=restarts, max_seconds=max_seconds, seed=seed, noise_seed=noise_seed)
         self._model = ModelSpec(model).build()
-        self._data_fn: Callable[[str], Any] = _import(data, "LeakageGateFilter data")
-        self._prior_fn: Callable[[], Any] = _import(prior, "LeakageGateFilter prior")
+        self._data_fn: Callable[[str], Any] = import_callable(data, "LeakageGateFilter data")
+        self._prior_fn: Callable[[], Any] = import_callable(prior, "LeakageGateFilter prior")
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
         site = fl_ctx.get_identity_name()

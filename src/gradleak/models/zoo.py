@@ -94,7 +94,7 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
     weights_path = options.pop("weights_path", None)
     weights_strict = options.pop("weights_strict", True)
     if ":" in name:
-        factory = _import_factory(name)
+        factory = import_callable(name)
         # your own class or factory keeps its own defaults (Flower's `Net()`, `Net(num_classes=2)`): classes and
         # channels are passed when given and taken, or when it requires them (then 10 and 3 unless given)
         given = {"num_classes": num_classes, "in_channels": in_channels}
@@ -219,30 +219,32 @@ def _import_module(module_name: str) -> Any:
             raise exc from None
 
 
-def _import_factory(path: str) -> Callable[..., Any]:
+def import_callable(path: str, what: str = "model") -> Callable[..., Any]:
+    """The callable at ``"package.module:attr"`` (``attr`` may be dotted), imported as :func:`create_model` does
+    (the current directory is searched too); ``what`` names it in the one-line errors."""
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
-        raise ModelImportError(f"model import path {path!r} must look like 'package.module:factory'")
+        raise ModelImportError(f"{what} import path {path!r} must look like 'package.module:factory'")
     try:
         module = _import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise ModelImportError(
-                f"model {path!r}: cannot import module {module_name!r} ({exc}). Install it or add its "
+                f"{what} {path!r}: cannot import module {module_name!r} ({exc}). Install it or add its "
                 "folder to sys.path / PYTHONPATH."
             ) from exc
-        raise ModelImportError(f"model {path!r}: importing {module_name!r} failed: {exc}") from exc
+        raise ModelImportError(f"{what} {path!r}: importing {module_name!r} failed: {exc}") from exc
     except Exception as exc:
         raise ModelImportError(
-            f"model {path!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+            f"{what} {path!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from exc
     target: Any = module
     for part in attr_path.split("."):
         if not hasattr(target, part):
-            raise ModelImportError(f"model {path!r}: module {module_name!r} has no attribute {attr_path!r}")
+            raise ModelImportError(f"{what} {path!r}: module {module_name!r} has no attribute {attr_path!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise ModelImportError(f"model {path!r}: {attr_path!r} is a {type(target).__name__}, not callable")
+        raise ModelImportError(f"{what} {path!r}: {attr_path!r} is a {type(target).__name__}, not callable")
     return target
 
 
