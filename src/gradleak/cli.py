@@ -489,6 +489,9 @@ def attack(
     console.print(f"{len(recon.images)} image(s) in {recon.wall_time:.1f} s: {recon.iterations} iterations × "
                   f"{restarts} restart(s)" + (f", objective {final:.4g}" if final is not None else "")
                   + f" -> [bold]{png}[/]")
+    execution = recon.config.get("execution")
+    if execution:
+        console.print(f"iterations ran {execution['iteration']}: {execution['reason']}", markup=False)
     if truth_x is not None:
         g = grade(recon, truth_x, truth_y, prior=prior, assign=len(truth_x) > 1)
         for i in range(g["n_truth"]):

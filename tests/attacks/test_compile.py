@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 
 import pytest
 import torch
 
-from gradleak.attacks import CDIA, InvertingGradients
+from gradleak.attacks import CDIA, InvertingGradients, compiling
 from gradleak.attacks.base import AttackError
 from gradleak.attacks.replay import _generators
 from gradleak.audit import simulate_and_attack
@@ -101,3 +103,86 @@ def test_a_failing_compilation_falls_back_to_the_eager_iteration(monkeypatch: py
         fallen = dataclasses.replace(attack, compile=True)(view, generator=torch.Generator().manual_seed(3))
     # the fallback is the torch.func route of the same iteration: the same images to rounding
     torch.testing.assert_close(fallen.images, eager.images, rtol=0, atol=1e-5)
+
+
+# -- compile="auto" (the default) ------------------------------------------------------------------------------
+
+def _one_view():
+    x, y, mean, std = mnist(1)
+    torch.manual_seed(0)
+    return client_view(create_model("cnn", in_channels=1), x, y, LocalRecipe(lr=0.01, steps=1, batch_size=1),
+                       mean=mean, std=std)
+
+
+def test_auto_keeps_a_short_attack_eager_and_says_so() -> None:
+    recon = InvertingGradients(iterations=compiling.MIN_ITERATIONS - 1)(_one_view())
+    execution = recon.config["execution"]
+    assert execution["iteration"] == "eager" and "too short" in execution["reason"]
+    assert recon.config["compile"] == "auto"
+
+
+def test_auto_without_a_compiler_warns_once_and_runs_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compiling, "_WARNED", set())
+    view = _one_view()
+    attack = InvertingGradients(iterations=3)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as caught:
+        first = attack(view)
+        attack(view)
+    assert len([w for w in caught if "C++" in str(w.message)]) == 1
+    assert first.config["execution"]["iteration"] == "eager"
+    assert "no compiler" in first.config["execution"]["reason"]
+
+
+def _fake_compile(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """torch.compile replaced by the traced function itself: the decision is tested without compiling."""
+    compiled: list[int] = []
+
+    def fake(fn, **kwargs):
+        compiled.append(1)
+        return fn
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
+    monkeypatch.setattr(torch, "compile", fake)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/nonexistent"))
+    return compiled
+
+
+def test_auto_compiles_when_the_probe_says_it_repays(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    compiled = _fake_compile(monkeypatch)
+    monkeypatch.setenv("GRADLEAK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiling, "_COMPILED", {})
+    view = _one_view()
+    attack = InvertingGradients(iterations=compiling.MIN_ITERATIONS, signed=False)
+    # a first compilation that costs nothing is always worth it: the switch comes after the probe
+    monkeypatch.setattr(compiling, "COLD_SECONDS", 0.0)
+    recon = attack(view, generator=torch.Generator().manual_seed(3))
+    execution = recon.config["execution"]
+    assert compiled and execution["iteration"] == "compiled"
+    assert execution["switched_at"] == compiling.PROBE + 1 and execution["compile_seconds"] >= 0
+    # the measured cost is recorded on disk per problem; the same problem later in this process costs nothing
+    record = json.loads(compiling.compile_record().read_text())
+    assert len(record) == 1 and next(iter(record.values())) >= 0
+    monkeypatch.setattr(compiling, "COLD_SECONDS", 1e9)
+    again = attack(view, generator=torch.Generator().manual_seed(3))
+    assert "earlier in this process" in again.config["execution"]["reason"]
+    assert again.config["execution"]["switched_at"] == 0
+    eager = dataclasses.replace(attack, compile=False)(view, generator=torch.Generator().manual_seed(3))
+    assert eager.config["execution"]["iteration"] == "eager"
+    torch.testing.assert_close(recon.images, eager.images, rtol=0, atol=1e-5)  # the torch.func route, to rounding
+
+
+def test_auto_stays_eager_when_compiling_would_not_repay(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    compiled = _fake_compile(monkeypatch)
+    monkeypatch.setenv("GRADLEAK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiling, "_COMPILED", {})
+    monkeypatch.setattr(compiling, "COLD_SECONDS", 1e9)
+    recon = InvertingGradients(iterations=compiling.MIN_ITERATIONS)(_one_view())
+    assert not compiled and recon.config["execution"]["iteration"] == "eager"
+    assert "would not repay" in recon.config["execution"]["reason"]
+    assert recon.config["execution"]["eager_seconds_per_iteration"] > 0
+
+
+def test_compile_option_is_validated() -> None:
+    with pytest.raises(AttackError, match="compile must be"):
+        InvertingGradients(compile="yes")

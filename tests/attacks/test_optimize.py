@@ -128,3 +128,71 @@ def test_report_progress_sees_every_check_and_the_end() -> None:
     assert seen[-1][2] <= seen[0][2] < 5.0  # the best objective only improves
     out = minimize(lambda v: (v["x"] - target).pow(2).sum(1), {"x": torch.zeros(1, 2)}, iterations=10)
     assert len(seen) == 3 and out.iterations == 10  # outside the block nothing is reported
+
+
+def test_plateau_schedule_and_patience_are_per_trial() -> None:
+    """Scheliga et al.'s schedule (lr x0.1 after a plateau) and stopping rule (no new best for ``patience``
+    iterations) act per trial: trials run together equal trials run alone, stopped ones included."""
+    objective, objective_of, x0 = logistic_problem(trials=3)
+    config = OptimizerConfig(name="adam", lr=0.5, signed=True, schedule="plateau", plateau=5)
+    together = minimize(objective, {"x": x0}, iterations=200, optimizer=config, patience=15, check_every=10)
+    ran = together.trial_iterations
+    assert ran is not None and (ran < 200).all() and together.iterations < 200  # every trial stopped early
+    for t in range(3):
+        alone = minimize(objective_of(t), {"x": x0[t:t + 1]}, iterations=200, optimizer=config, patience=15,
+                         check_every=10)
+        torch.testing.assert_close(together.variables["x"][t], alone.variables["x"][0], atol=1e-7, rtol=0)
+        assert alone.trial_iterations.tolist() == [int(ran[t])]
+
+
+def test_plateau_schedule_settles_where_a_constant_step_oscillates() -> None:
+    """Signed steps of a fixed size cannot settle closer to the optimum than the step; cutting the step on each
+    plateau can (the point of the schedule)."""
+    def objective(v: dict) -> torch.Tensor:
+        return (v["x"] - 0.0437).abs().sum(1)
+
+    start = {"x": torch.zeros(1, 1)}
+    constant = minimize(objective, start, iterations=300, optimizer=OptimizerConfig(name="sgd", lr=0.1, signed=True))
+    plateau = minimize(objective, start, iterations=300,
+                       optimizer=OptimizerConfig(name="sgd", lr=0.1, signed=True, schedule="plateau", plateau=3))
+    assert float(constant.objective[0]) > 0.04
+    assert float(plateau.objective[0]) < 1e-4
+
+
+def test_stopping_never_loses_the_best_point() -> None:
+    """A stopped trial keeps its best iterate: patience only ends the search, as if the run had been that short."""
+    objective, objective_of, x0 = logistic_problem(trials=2)
+    config = OptimizerConfig(name="adam", lr=0.05)
+    stopped = minimize(objective, {"x": x0}, iterations=300, optimizer=config, patience=1)
+    ran = stopped.trial_iterations
+    assert ran is not None and (ran < 300).all()
+    for t in range(2):
+        short = minimize(objective_of(t), {"x": x0[t:t + 1]}, iterations=int(ran[t]), optimizer=config)
+        torch.testing.assert_close(stopped.objective[t], short.objective[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(stopped.variables["x"][t], short.variables["x"][0], rtol=0, atol=1e-7)
+
+
+def test_plateau_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="plateau"):
+        OptimizerConfig(schedule="plateau", plateau=0)
+    with pytest.raises(ValueError, match="patience"):
+        minimize(lambda v: v["x"].sum(1), {"x": torch.zeros(1, 1)}, iterations=1, patience=0)
+
+
+def test_the_attack_passes_the_paper_schedule_through() -> None:
+    """``InvertingGradients(schedule="plateau", patience=...)`` runs the schedule and reports each victim's own
+    iterations (stopped early here: Adam from lr 1 stalls quickly on one image)."""
+    from gradleak.attacks import InvertingGradients
+    from gradleak.audit import simulate_and_attack
+    from gradleak.data import load_dataset
+    from gradleak.models import create_model
+
+    ds = load_dataset("sample-mnist", split="test")
+    x, y = ds.tensors([0, 1], size=32)
+    torch.manual_seed(0)
+    attack = InvertingGradients(iterations=400, schedule="plateau", plateau=10, patience=20, signed=False, lr=1.0,
+                                compile=False)
+    result = simulate_and_attack(create_model("cnn", in_channels=1), x, y, recipe="fedsgd", attack=attack,
+                                 victims="each", mean=ds.mean, std=ds.std)
+    ran = [r.iterations for r in result.reconstructions]
+    assert all(0 < n < 400 for n in ran), ran

@@ -67,7 +67,7 @@ class Attack(ABC):
         result = self.reconstruct(view, generator)
         elapsed = time.perf_counter() - started
         return dataclasses.replace(result, wall_time=elapsed, attack=self.name or type(self).__name__,
-                                   config=self.config())
+                                   config={**self.config(), **result.config})
 
     @abstractmethod
     def reconstruct(self, view: ServerView, generator: torch.Generator) -> Reconstruction:

@@ -50,9 +50,10 @@ class OptimizerConfig:
 
     name: Literal["adam", "sgd", "lbfgs"] = "adam"
     lr: float = 0.1
-    schedule: Literal["constant", "step", "cosine"] = "constant"
+    schedule: Literal["constant", "step", "cosine", "plateau"] = "constant"
     milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8)
     gamma: float = 0.1
+    plateau: int = 400
     warmup: int = 0
     signed: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
@@ -62,15 +63,17 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if self.name not in ("adam", "sgd", "lbfgs"):
             raise ValueError(f"optimizer must be adam, sgd or lbfgs, got {self.name!r}")
-        if self.schedule not in ("constant", "step", "cosine"):
-            raise ValueError(f"schedule must be constant, step or cosine, got {self.schedule!r}")
+        if self.schedule not in ("constant", "step", "cosine", "plateau"):
+            raise ValueError(f"schedule must be constant, step, cosine or plateau, got {self.schedule!r}")
+        if self.schedule == "plateau" and (self.plateau < 1 or self.name == "lbfgs"):
+            raise ValueError("schedule='plateau' needs plateau >= 1 and adam or sgd")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive and finite, got {self.lr}")
         if self.warmup < 0 or self.history < 1:
             raise ValueError("warmup must be >= 0 and history >= 1")
 
     def lr_at(self, i: int, total: int) -> float:
-        """Learning rate at iteration ``i`` of ``total``."""
+        """Learning rate at iteration ``i`` of ``total`` (for ``"plateau"``: the base rate, after warm-up)."""
         if i < self.warmup:
             return self.lr * (i + 1) / self.warmup
         if self.schedule == "step":
@@ -83,13 +86,15 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class OptimResult:
-    """Best iterate and objective per trial, the objective trace ``(records, T)`` and its iteration indices."""
+    """Best iterate and objective per trial, the objective trace ``(records, T)`` and its iteration indices;
+    ``trial_iterations`` (with ``patience``): the iterations each trial ran before it stopped."""
 
     variables: Variables
     objective: Tensor
     trace: Tensor
     trace_iterations: Tensor
     iterations: int
+    trial_iterations: Tensor | None = None
 
 
 def _flat(values: Mapping[str, Tensor], trials: int) -> Tensor:
@@ -168,6 +173,7 @@ def minimize(
     check_every: int = 100,
     value_and_grad: Callable[[Variables], tuple[Tensor, Variables]] | None = None,
     lr_scale: Mapping[str, float] | None = None,
+    patience: int | None = None,
 ) -> OptimResult:
     """Minimise ``objective`` over ``variables`` (each with leading trial dimension ``T``).
 
@@ -195,6 +201,11 @@ def minimize(
     lr_scale
         Per-variable factor on the learning rate (default 1): variables of another scale than the images
         (dropout masks, a bottleneck's noise) take smaller steps. Adam and SGD only.
+    patience
+        Stop a trial once its best objective has not improved for this many iterations (Scheliga et al. 2024:
+        4,000): the trial keeps its best iterate and takes no more steps; the loop ends when every trial has
+        stopped (checked every ``check_every`` iterations). Stopping only ends the search, it never replaces a
+        trial's best point.
     """
     cfg = optimizer or OptimizerConfig()
     if iterations < 0:
@@ -204,6 +215,8 @@ def minimize(
         raise ValueError("lr_scale needs adam or sgd (L-BFGS takes one step on all variables)")
     if any(not (v > 0 and math.isfinite(v)) for v in scale.values()):
         raise ValueError(f"lr_scale values must be positive and finite, got {scale}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
     current = {k: v.detach().clone() for k, v in variables.items()}
     first = next(iter(current.values()))
     trials = first.shape[0]
@@ -213,13 +226,26 @@ def minimize(
     lbfgs = _LBFGS(cfg.history) if cfg.name == "lbfgs" else None
     trace: list[Tensor] = []
     trace_at: list[int] = []
+    plateau = cfg.schedule == "plateau"
+    # per trial, on the device: the plateau schedule's lr factor, its reference objective and bad iterations;
+    # the stopping rule's iterations since the best improved, and which trials still run
+    factor = torch.ones(trials, device=first.device)
+    reference = torch.full((trials,), math.inf, device=first.device)
+    bad = torch.zeros(trials, dtype=torch.long, device=first.device)
+    since = torch.zeros(trials, dtype=torch.long, device=first.device)
+    active = torch.ones(trials, dtype=torch.bool, device=first.device)
+    ran = torch.zeros(trials, dtype=torch.long, device=first.device)
 
-    def remember(values: Variables, obj: Tensor) -> None:
+    def per_trial(t: Tensor, like: Tensor) -> Tensor:
+        return t.view(-1, *[1] * (like.dim() - 1))
+
+    def remember(values: Variables, obj: Tensor) -> Tensor:
         nonlocal best_obj
-        better = obj < best_obj  # NaN never wins
+        better = (obj < best_obj) & active  # NaN never wins; a stopped trial keeps its best
         for k, v in values.items():
-            best[k] = torch.where(better.view(-1, *[1] * (v.dim() - 1)), v, best[k])
+            best[k] = torch.where(per_trial(better, v), v, best[k])
         best_obj = torch.where(better, obj, best_obj)
+        return better
 
     done = 0
     progress = _PROGRESS.get()
@@ -235,7 +261,18 @@ def minimize(
         with torch.no_grad():
             values = {k: v.detach() for k, v in leaves.items()}
             grads = {k: g.detach() for k, g in grads.items()}
-            remember(values, obj)
+            better = remember(values, obj)
+            ran += active.long()
+            if plateau:  # ReduceLROnPlateau(mode="min", threshold=1e-4, threshold_mode="rel"), per trial
+                improved = obj < reference * (1 - 1e-4)
+                reference = torch.where(improved, obj, reference)
+                bad = torch.where(improved, 0, bad + 1)
+                cut = bad > cfg.plateau
+                factor = torch.where(cut, factor * cfg.gamma, factor)
+                bad = torch.where(cut, 0, bad)
+            if patience is not None:
+                since = torch.where(better, 0, since + 1)
+                active = active & (since < patience)
             if i % trace_every == 0:
                 trace.append(obj)
                 trace_at.append(i)
@@ -260,16 +297,25 @@ def minimize(
                     m.lerp_(g, 1 - b1)
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
                     denom = (v.sqrt() / math.sqrt(1 - b2 ** (i + 1))).add_(cfg.eps)
-                    new[k] = values[k].addcdiv(m, denom, value=-(lr * scale.get(k, 1.0) / (1 - b1 ** (i + 1))))
+                    step_size = lr * scale.get(k, 1.0) / (1 - b1 ** (i + 1))
+                    if plateau:
+                        new[k] = values[k] - per_trial(factor * step_size, m) * (m / denom)
+                    else:
+                        new[k] = values[k].addcdiv(m, denom, value=-step_size)
                 current = new
             else:
-                current = {k: values[k] - lr * scale.get(k, 1.0) * g for k, g in grads.items()}
+                current = {k: values[k] - (per_trial(factor * lr, g) if plateau else lr) * scale.get(k, 1.0) * g
+                           for k, g in grads.items()}
+            if patience is not None:
+                current = {k: torch.where(per_trial(active, v), v, values[k]) for k, v in current.items()}
             if project is not None:
                 current = project(current)
         done = i + 1
         if progress is not None and done % check_every == 0:
             progress(done, iterations, best_obj)
         if tolerance is not None and done % check_every == 0 and bool((best_obj <= tolerance).all()):
+            break
+        if patience is not None and done % check_every == 0 and not bool(active.any()):
             break
     with torch.no_grad():
         final = objective(current).detach()
@@ -282,4 +328,5 @@ def minimize(
         trace=torch.stack(trace) if trace else torch.empty(0, trials, device=first.device),
         trace_iterations=torch.tensor(trace_at, dtype=torch.long),
         iterations=done,
+        trial_iterations=ran.cpu() if patience is not None else None,
     )

@@ -28,10 +28,7 @@ trial and iteration (``vmap(..., randomness="different")``), as an attacker that
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +39,7 @@ from torch.func import grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
 from gradleak.attacks.base import Attack, AttackError
+from gradleak.attacks.compiling import AdaptiveIteration, problem_key
 from gradleak.attacks.init import INITIALIZERS, initialize
 from gradleak.attacks.labels import LABEL_STRATEGIES, infer_labels
 from gradleak.attacks.objectives import OBJECTIVES, layer_weights, matcher, target_constants
@@ -86,31 +84,6 @@ def _generators(generator: torch.Generator | Sequence[torch.Generator] | None, n
     if len(generators) != n:
         raise ValueError(f"give one generator per view: {len(generators)} for {n} views")
     return generators
-
-
-def _check_compiler(device: torch.device) -> None:
-    """``compile=True`` on a CPU needs the C++ compiler Inductor generates its kernels for."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++",
-                                                                     "clang++") if c):
-        raise AttackError("compile=True on a CPU needs a C++ compiler for torch.compile (g++ or clang++ on the "
-                          "PATH, or $CXX); install one or set compile=False")
-
-
-def _falling_back(compiled: Callable, eager: Callable) -> Callable:
-    """``compiled``, or ``eager`` (with a warning saying why) from the first call on which compiling fails."""
-    chosen = [compiled]
-
-    def call(values: TensorDict) -> tuple[Tensor, TensorDict]:
-        if chosen[0] is eager:
-            return eager(values)
-        try:
-            return compiled(values)
-        except Exception as err:  # a model or platform Inductor cannot compile; the eager iteration is the same
-            warnings.warn(f"compile=True: torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
-                          "running the eager iteration instead", RuntimeWarning, stacklevel=2)
-            chosen[0] = eager
-            return eager(values)
-    return call
 
 
 def _identity(leaves: TensorDict) -> TensorDict:
@@ -177,8 +150,9 @@ class ReplayAttack(Attack):
     objective, layer_weighting
         Update distance (``"l2"``, ``"l2-norm"``, ``"cosine"``, ``"layerwise-cosine"``) and per-layer weights
         (``"equal"``, ``"linear"``, ``"exp"``, ``"last"``).
-    optimizer, lr, schedule, warmup, signed
-        See :class:`~gradleak.attacks.optimize.OptimizerConfig`.
+    optimizer, lr, schedule, warmup, signed, plateau
+        See :class:`~gradleak.attacks.optimize.OptimizerConfig` (``plateau``: iterations without improvement
+        before ``schedule="plateau"`` cuts a trial's learning rate by 10).
     boxed
         Keep dummy pixels in ``[0, 1]`` (a box in normalised space) after every step.
     tv, l2, bn_prior, bn_buffers, group
@@ -196,22 +170,24 @@ class ReplayAttack(Attack):
         paper's Fig. 3b control).
     num_images
         Dummy images per victim (default: the view's ``num_images``, else the update's ``num_examples``).
-    trace_every, tolerance, check_every
-        Loss-trace period and optional early stop (see :func:`~gradleak.attacks.optimize.minimize`).
+    trace_every, tolerance, check_every, patience
+        Loss-trace period and optional early stops (see :func:`~gradleak.attacks.optimize.minimize`):
+        ``tolerance`` ends the run once every trial's objective is at most it, ``patience`` stops a trial
+        after that many iterations without a new best (each trial keeps its best iterate).
     unfold_convolutions
         Replay convolutions as unfold + matrix product where the unfolded input is small
         (:func:`~gradleak.attacks.unfold.unfold_convolutions`): the same numbers to rounding, faster double
         backward for small feature maps. ``False`` keeps ``nn.Conv2d``.
     compile
-        Compile each iteration (the replay, the objective and their gradient) with :func:`torch.compile`
-        (Inductor; on a CPU it needs a C++ compiler). It costs a one-off compilation per process and model
-        architecture and shape (6–36 s for the small CNN on this project's 2-core machine), and then attacks
-        with the small CNN run 2.7× faster at batch 1, 1.75× at batch 8 and 1.8× for 16 vectorised victims on a
-        CPU (benchmarks/results/vs_breaching_profile.md, run 8): worth it for long attacks (thousands of
-        iterations). Results agree with the eager iteration to rounding (Inductor fuses and reorders float
-        arithmetic). Stochastic layers the attacker does not know draw their noise from Inductor's generator.
-        Where compiling fails (a model or platform Inductor cannot handle), the attack warns and runs the
-        eager iteration; without a C++ compiler on a CPU it is refused up front.
+        ``"auto"`` (default): time the first eager iterations and compile the rest of the run with
+        :func:`torch.compile` (Inductor) when that is expected to save more time than compiling costs; the rule,
+        its measured constants and the on-disk cache are in :mod:`gradleak.attacks.compiling`, and each
+        reconstruction's ``config["execution"]`` says which path ran and why. ``True`` compiles from the first
+        iteration (refused without a C++ compiler on a CPU), ``False`` stays eager. A compilation costs 6-36 s
+        for the small CNN on this project's 2-core machine (less from the on-disk cache), after which its
+        iterations run 1.6-2.7× faster on a CPU (benchmarks/results/vs_breaching_cpu.json). Results agree
+        with the eager iteration to rounding. Stochastic layers the attacker does not know draw their noise
+        from Inductor's generator. Where compiling fails, the attack warns and runs the eager iteration.
     """
 
     iterations: int = 1000
@@ -222,6 +198,7 @@ class ReplayAttack(Attack):
     schedule: str = "step"
     warmup: int = 0
     signed: bool = False
+    plateau: int = 400
     boxed: bool = True
     tv: float = 0.0
     l2: float = 0.0
@@ -238,8 +215,9 @@ class ReplayAttack(Attack):
     trace_every: int = 10
     tolerance: float | None = None
     check_every: int = 100
+    patience: int | None = None
     unfold_convolutions: bool = True
-    compile: bool = False
+    compile: bool | str = "auto"
 
     def __post_init__(self) -> None:
         choices = {"objective": OBJECTIVES, "init": INITIALIZERS, "labels": LABEL_STRATEGIES,
@@ -249,6 +227,10 @@ class ReplayAttack(Attack):
                 raise AttackError(f"{name}={getattr(self, name)!r} is not one of {sorted(valid)}")
         if self.iterations < 0 or self.restarts < 1 or self.trace_every < 1:
             raise AttackError("iterations must be >= 0, restarts >= 1 and trace_every >= 1")
+        if self.compile not in (True, False, "auto"):
+            raise AttackError(f"compile must be true, false or 'auto', got {self.compile!r}")
+        if self.patience is not None and self.patience < 1:
+            raise AttackError(f"patience must be >= 1 (or None), got {self.patience}")
         if self.num_images is not None and self.num_images < 1:
             raise AttackError(f"num_images must be >= 1, got {self.num_images}")
         if not self.bn_replay and (self.bn_prior or self.bn_buffers):
@@ -258,7 +240,7 @@ class ReplayAttack(Attack):
 
     def optimizer_config(self) -> OptimizerConfig:
         return OptimizerConfig(name=self.optimizer, lr=self.lr, schedule=self.schedule,  # type: ignore[arg-type]
-                               warmup=self.warmup, signed=self.signed)
+                               warmup=self.warmup, signed=self.signed, plateau=self.plateau)
 
     def validate(self, view: ServerView) -> None:
         super().validate(view)
@@ -285,7 +267,7 @@ class ReplayAttack(Attack):
         results = self.reconstruct_many(views, _generators(generator, len(views)))
         share = (time.perf_counter() - started) / len(views)
         return [dataclasses.replace(r, wall_time=share, attack=self.name or type(self).__name__,
-                                    config=self.config()) for r in results]
+                                    config={**self.config(), **r.config}) for r in results]
 
     # -- the vectorised problem -------------------------------------------------------------------------
 
@@ -317,7 +299,7 @@ class ReplayAttack(Attack):
         result = minimize(problem.objective, problem.initial(generators), iterations=self.iterations,
                           optimizer=self.optimizer_config(), project=project,
                           trace_every=self.trace_every, tolerance=self.tolerance, check_every=self.check_every,
-                          value_and_grad=problem.value_and_grad,
+                          value_and_grad=problem.value_and_grad, patience=self.patience,
                           lr_scale={LEAF + k: v for k, v in problem.targeting.lr_scale.items()} or None)
         return result, problem
 
@@ -380,6 +362,7 @@ class ReplayAttack(Attack):
         momenta = bn_momenta(model)
         objective_fn = OBJECTIVES[self.objective]
         params, pdim = _share_or_stack([v.global_state.params for v in views])
+        dtype = next(iter(view0.global_state.params.values())).dtype
         buffers, bdim = _share_or_stack([v.global_state.buffers for v in views])
         # one plain SGD step: delta / lr is minus the step's gradient, which the replay hands back; matching the
         # gradient to -delta/lr (every objective is invariant under negating both sides) saves the out-of-place
@@ -523,7 +506,6 @@ class ReplayAttack(Attack):
 
         mean = torch.tensor(view0.mean, device=device, dtype=torch.float64).view(-1, 1, 1)
         std = torch.tensor(view0.std, device=device, dtype=torch.float64).view(-1, 1, 1)
-        dtype = next(iter(view0.global_state.params.values())).dtype
         lo, hi = ((0 - mean) / std).to(dtype), ((1 - mean) / std).to(dtype)
 
         def project(values: TensorDict) -> TensorDict:
@@ -534,15 +516,17 @@ class ReplayAttack(Attack):
                 out.update({LEAF + k: v for k, v in tg.project({k: values[LEAF + k] for k in leaf_names}).items()})
             return out
 
-        if self.compile:
-            # the torch.func route traces into one graph (Dynamo cannot trace torch.autograd.grad with
-            # create_graph); each problem is a new closure of the same code, so Dynamo's cache is reused across
-            # problems of the same model architecture and shapes (its guards check them)
-            _check_compiler(device)
-            # cpp_wrapper: Inductor calls its kernels from C++, not Python (one image 2.71 -> 2.32 ms an
-            # iteration, a batch of 8 7.49 -> 7.04 ms; interleaved in one process, 1 thread)
-            value_and_grad = _falling_back(torch.compile(transformed_value_and_grad, options={"cpp_wrapper": True}),
-                                           transformed_value_and_grad)
+        # the compiled route is the torch.func one, traced into one graph (Dynamo cannot trace torch.autograd.grad
+        # with create_graph); each problem is a new closure of the same code, so Dynamo's cache is reused across
+        # problems of the same model architecture and shapes (its guards check them). cpp_wrapper: Inductor calls
+        # its CPU kernels from C++, not Python (one image 2.71 -> 2.32 ms an iteration, 1 thread)
+        budget = ("iterations", "tolerance", "check_every", "patience", "trace_every", "compile")
+        key = problem_key(type(model).__module__, type(model).__qualname__,
+                          [(k, tuple(v.shape)) for k, v in model.state_dict().items()], shape, joint, repr(recipe),
+                          device.type, str(dtype), torch.__version__, type(self).__qualname__,
+                          {k: v for k, v in self.config().items() if k not in budget})
+        value_and_grad = AdaptiveIteration(value_and_grad, transformed_value_and_grad, mode=self.compile,
+                                           iterations=self.iterations, key=key, device=device)
         return _Problem(self, tuple(views), shape, joint, labels, objective, value_and_grad, project, device, dtype,
                         tg)
 
@@ -553,6 +537,9 @@ class ReplayAttack(Attack):
         objective = result.objective.reshape(V, R).cpu()
         soft = result.variables["y"].reshape(V, R, n, -1).softmax(-1).cpu() if problem.joint else None
         trace = result.trace.reshape(-1, V, R).cpu()
+        ran = result.trial_iterations.reshape(V, R) if result.trial_iterations is not None else None
+        describe = getattr(problem.value_and_grad, "describe", None)
+        execution = {"execution": describe()} if describe is not None else {}
         out = []
         for v in range(V):
             r = int(objective[v].argmin())
@@ -561,7 +548,8 @@ class ReplayAttack(Attack):
             labels = soft[v, r].argmax(-1) if soft is not None else problem.labels[v].cpu()  # type: ignore[index]
             out.append(Reconstruction(
                 images=images[v, r], labels=labels, soft_labels=None if soft is None else soft[v, r],
-                trials=trials, loss_trace=trace[:, v, r], iterations=result.iterations))
+                trials=trials, loss_trace=trace[:, v, r],
+                iterations=result.iterations if ran is None else int(ran[v, r]), config=dict(execution)))
         return out
 
 

@@ -259,7 +259,9 @@ def run_attack_unit(config: StudyConfig, unit: AttackUnit, out: Path) -> dict[st
         "restarts": int(getattr(attack, "restarts", 1)), "threat": unit.attack.threat,
         "prior_kind": unit.attack.prior.kind, "malicious": bool(getattr(attack, "modifies_model", False)),
         "final_test_accuracy": fl.get("final_test_accuracy"), **numbers,
-        "attack_config": {k: repr(v) for k, v in recon.config.items()}, "seconds": seconds,
+        "attack_config": {k: repr(v) for k, v in recon.config.items() if k != "execution"}, "seconds": seconds,
+        "execution": (recon.config.get("execution") or {}).get("iteration"),
+        "execution_reason": (recon.config.get("execution") or {}).get("reason"),
     }
     bins = getattr(view.secrets.get("imprint"), "num_bins", None)
     if bins:  # a binned malicious module: how many inputs alone in their bin to expect (iid inputs)
