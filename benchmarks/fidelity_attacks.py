@@ -4,6 +4,11 @@ Sections (``--only`` picks some):
 
 - ``ig``: inverting-gradients, the ``cnn`` (untrained), 32×32 MNIST test images, FedSGD batch 1, 32 victims.
 - ``dlg``: dlg, ``lenet`` (untrained), 32×32 CIFAR-10 test images, FedSGD batch 1, 16 victims.
+- ``defaults``: inverting-gradients with its *default* options (``--defaults-iterations`` overrides the budget),
+  the ``cnn`` (untrained), FedSGD batch 1 (one SGD step), ``--ig-victims`` victims drawn at random from the test
+  split (seeded; the CIFAR-10 file is sorted by class, its first 1,000 images are all airplanes): CIFAR-10 with
+  the labels known and with the labels recovered by the attack (iDLG), MNIST and PneumoniaMNIST (labels
+  recovered). ASR: share of victims with SSIM > 0.5 (Scheliga et al. 2024).
 - ``labels``: label recovery on batches of 8 (distinct and repeated labels) and iDLG on single images.
 - ``controls``: fedavg-inversion on a BatchNorm network, one-image batch-1 clients, the hospital paper's Fig. 3:
   (d) right checkpoint + BN re-estimation, (b) no BN re-estimation, (c) another round's checkpoint.
@@ -95,6 +100,53 @@ def run_dlg(args: argparse.Namespace) -> dict[str, Any]:
     print(f"[dlg] lenet CIFAR-10 b1 x{len(ssim)}: SSIM mean {out['ssim']['mean']:.3f} ± {out['ssim']['std']:.3f} "
           f"(min {out['ssim']['min']:.3f}); labels {out['label_accuracy']:.0%}; {out['seconds']:.0f}s")
     return out
+
+
+def random_victims(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``n`` test images drawn without replacement by a seeded permutation (every class, not the file's first
+    ``n``), 32×32 in [0, 1], their labels and the dataset."""
+    ds = load_dataset(name, split="test")
+    idx = np.random.default_rng(seed).permutation(len(ds.labels))[:n].tolist()
+    x, y = ds.tensors(idx, size=32)
+    return x, y, ds
+
+
+#: (row, dataset, classes, threat): "informed" grants the labels, "honest" makes the attack recover them
+DEFAULT_ROWS = [("CIFAR-10, labels known", "cifar10", 10, "informed"),
+                ("CIFAR-10, labels recovered", "cifar10", 10, "honest"),
+                ("MNIST, labels recovered", "mnist", 10, "honest"),
+                ("PneumoniaMNIST, labels recovered", "pneumoniamnist", 2, "honest")]
+
+
+def run_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    options = {} if args.defaults_iterations is None else {"iterations": args.defaults_iterations}
+    attack = InvertingGradients(**options, **json.loads(args.defaults_options))
+    rows = {}
+    for row, name, classes, threat in DEFAULT_ROWS:
+        if args.defaults_only and not any(k.lower() in row.lower() for k in args.defaults_only):
+            continue
+        x, y, ds = random_victims(name, args.ig_victims, args.victims_seed)
+        torch.manual_seed(0)
+        model = create_model("cnn", in_channels=x.shape[1], num_classes=classes)
+        started = time.perf_counter()
+        result = simulate_and_attack(model.to(args.device), x, y, recipe="fedsgd", attack=attack, victims="each",
+                                     threat=threat, mean=ds.mean, std=ds.std,
+                                     generator=torch.Generator().manual_seed(1))
+        seconds = time.perf_counter() - started
+        ssim = result.metrics["ssim_per_image"]
+        execution = result.reconstructions[0].config.get("execution")
+        rows[row] = {"dataset": name, "threat": threat, "victims": len(ssim), "ssim": summary(ssim),
+                     "asr": float(np.mean(np.asarray(ssim) > 0.5)), "ssim_per_image": ssim,
+                     "psnr": summary(result.metrics["psnr_per_image"]),
+                     "label_accuracy": result.metrics["label_accuracy"], "seconds": seconds,
+                     "seconds_per_image": seconds / len(ssim), "iterations": attack.iterations,
+                     "victim_iterations_per_second": len(ssim) * attack.iterations / seconds,
+                     "execution": execution}
+        r = rows[row]
+        print(f"[defaults] {row:<34} x{r['victims']}: SSIM {r['ssim']['mean']:.3f} ± {r['ssim']['std']:.3f} "
+              f"(min {r['ssim']['min']:.3f}), ASR {r['asr']:.1%}, labels {r['label_accuracy']:.0%}; "
+              f"{seconds:.0f} s ({execution['iteration'] if execution else '?'})", flush=True)
+    return {"config": attack.config(), "victims_seed": args.victims_seed, "rows": rows}
 
 
 def _view(model: torch.nn.Module, state: GlobalState, x: torch.Tensor, y: torch.Tensor, recipe: LocalRecipe,
@@ -297,7 +349,8 @@ def run_trends(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-SECTIONS = {"ig": run_ig, "dlg": run_dlg, "labels": run_labels, "controls": run_controls, "trends": run_trends}
+SECTIONS = {"ig": run_ig, "dlg": run_dlg, "defaults": run_defaults, "labels": run_labels, "controls": run_controls,
+            "trends": run_trends}
 
 
 def main() -> None:
@@ -307,6 +360,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ig-victims", type=int, default=32)
     parser.add_argument("--dlg-victims", type=int, default=16)
+    parser.add_argument("--defaults-iterations", type=int, default=None,
+                        help="defaults section: attack budget (default: inverting-gradients' own)")
+    parser.add_argument("--defaults-only", nargs="*", default=[],
+                        help="defaults section: only rows whose name contains one of these (cifar, mnist, ...)")
+    parser.add_argument("--victims-seed", type=int, default=0, help="defaults section: the victims' permutation")
+    parser.add_argument("--defaults-options", default="{}",
+                        help="defaults section: JSON options changing the defaults (a control, e.g. '{\"tv\": 1e-4}')")
     parser.add_argument("--label-batches", type=int, default=50)
     parser.add_argument("--fedavg-victims", type=int, default=8)
     parser.add_argument("--trend-references", type=int, default=4)

@@ -34,7 +34,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_registered_with_their_configuration() -> None:
     assert {"dlg", "idlg", "inverting-gradients", "gradinversion", "fedavg-inversion"} <= set(ATTACKS.names())
     attack = ATTACKS.create("inverting-gradients", iterations=7, restarts=2)
-    assert isinstance(attack, InvertingGradients) and "iterations=7" in repr(attack) and "tv=0.0001" in repr(attack)
+    assert isinstance(attack, InvertingGradients) and "iterations=7" in repr(attack) and "tv=0.01" in repr(attack)
     assert attack == InvertingGradients(iterations=7, restarts=2)
     assert IDLG().labels == "idlg" and DLG().optimizer == "lbfgs" and GradInversion().bn_prior > 0
     with pytest.raises(AttackError, match="objective"):
