@@ -16,6 +16,12 @@ Sections (``--only`` picks some; run them in separate processes and merge with `
 - ``long``: the acceptance comparisons (gpia/IG at 0.9, vbia/pig, dia/IG, cdia on DP+PM) at
   ``--long-iterations``, and pig/vbia/cdia with DP on PRECODE placed after the first conv block (``PRECODE*``,
   the placement Scheliga et al. 2024b recommend).
+- ``cifar``: Tables 1-3's CIFAR-10 rows for the ``cnn`` (3 input channels): IG, WIIG, DPIA under DP (clip 20,
+  noise multiplier 1e-3); IG vs GPIA at pruning 0.90/0.95/0.99; PIG, WIIG, VBIA on PRECODE and CVB; plus the
+  undefended IG row. Every attack with its *default* options (``--cifar-iterations`` overrides the budget),
+  labels known (``informed``; ``well-informed`` for WIIG), victims drawn at random from the test split (seeded;
+  the file is sorted by class), each row beside the paper's figure (``PAPER_CIFAR``). ``--cifar-early``: the
+  PRECODE rows with PRECODE after the first conv block (``PRECODE*``), beside the same paper rows.
 - ``utility``: test accuracy of the FL model trained with each combination (the ``combined-defenses`` preset,
   shortened for CPU: ``--clients-images`` images per client, ``--rounds`` rounds, ``--test-images`` test images).
 
@@ -90,6 +96,29 @@ LONG = [
     ("T3 PRECODE*", "vbia", [EARLY_PRECODE], "honest"),
     ("T4 DP+PRECODE*", "cdia", ["dp-sgd", EARLY_PRECODE], "honest"),
 ]
+DP_1E3 = {"name": "dp-sgd", "options": {"noise_multiplier": 1e-3}}
+#: (table, attack, defenses, threat, (paper SSIM mean, sd, ASR %)): Scheliga et al. 2024, CIFAR-10, CNN
+PAPER_CIFAR = [
+    ("undefended", "inverting-gradients", [], "informed", (0.87, 0.11, 96.88)),
+    ("T1 DP", "inverting-gradients", [DP_1E3], "informed", (0.31, 0.11, 5.47)),
+    ("T1 DP", "wiig", [DP_1E3], "well-informed", (0.82, 0.06, 100.0)),
+    ("T1 DP", "dpia", [DP_1E3], "informed", (0.26, 0.10, 1.56)),
+    *[row for rate, ig, gpia in ((0.90, (0.48, 0.08, 46.88), (0.70, 0.12, 90.62)),
+                                 (0.95, (0.32, 0.07, 0.0), (0.53, 0.15, 66.41)),
+                                 (0.99, (0.15, 0.04, 0.0), (0.29, 0.13, 3.91)))
+      for row in ((f"T2 GP {rate:.2f}", "inverting-gradients", [{"name": "prune", "options": {"rate": rate}}],
+                   "informed", ig),
+                  (f"T2 GP {rate:.2f}", "gpia", [{"name": "prune", "options": {"rate": rate}}], "informed", gpia))],
+    ("T3 PRECODE", "pig", ["precode"], "informed", (0.32, 0.09, 3.91)),
+    ("T3 PRECODE", "wiig", ["precode"], "well-informed", (0.83, 0.15, 96.09)),
+    ("T3 PRECODE", "vbia", ["precode"], "informed", (0.88, 0.07, 99.22)),
+    ("T3 CVB", "pig", ["cvb"], "informed", (0.21, 0.08, 0.0)),
+    ("T3 CVB", "wiig", ["cvb"], "well-informed", (0.78, 0.14, 92.19)),
+    ("T3 CVB", "vbia", ["cvb"], "informed", (0.72, 0.13, 93.75)),
+]
+#: the PRECODE rows again with PRECODE after the first conv block (``--cifar-early``), beside the same paper rows
+PAPER_CIFAR_EARLY = [(table + "*", attack, [EARLY_PRECODE], threat, paper)
+                     for table, attack, defenses, threat, paper in PAPER_CIFAR if defenses == ["precode"]]
 FROM_ABLATION = {"none": ("undefended", "inverting-gradients (= cdia)"), "DP": ("T1 DP", "cdia (IG, mean noise)"),
                  "GP": ("T2 GP 0.5", "gpia (= cdia)"), "PRECODE": ("T3 PRECODE", "vbia (= cdia)"),
                  "CVB": ("T3 CVB", "vbia (= cdia)"), "DO": ("DO", "dia (= cdia)")}
@@ -119,17 +148,30 @@ def victims(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, Any]:
     return x, y, ds
 
 
-def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: str, iterations: int
-               ) -> dict[str, Any]:
-    x, y, ds = victims(args)
+def cifar_victims(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``--victims`` CIFAR-10 test images drawn by a seeded permutation (the file is sorted by class)."""
+    ds = load_dataset("cifar10", split="test")
+    idx = np.random.default_rng(args.victims_seed).permutation(len(ds.labels))[:args.victims].tolist()
+    x, y = ds.tensors(idx, size=32)
+    return x, y, ds
+
+
+def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: str, iterations: int | None,
+               cifar: bool = False) -> dict[str, Any]:
+    x, y, ds = cifar_victims(args) if cifar else victims(args)
     torch.manual_seed(0)
-    model = create_model("cnn", in_channels=1)
-    options = {**ATTACK, "restarts": args.restarts, "iterations": iterations}
+    model = create_model("cnn", in_channels=x.shape[1])
+    if cifar:  # the attacks' defaults
+        options: dict[str, Any] = {} if iterations is None else {"iterations": iterations}
+    else:
+        options = {**ATTACK, "restarts": args.restarts, "iterations": iterations}
     started = time.perf_counter()
     result = simulate_and_attack(model, x, y, recipe="fedsgd", attack=attack, attack_options=options,
                                  defenses=defenses, threat=threat, victims="each", mean=ds.mean, std=ds.std,
                                  generator=torch.Generator().manual_seed(1))
     ssim = np.asarray(result.metrics["ssim_per_image"])
+    config = result.reconstructions[0].config
+    options = {**options, "iterations": config.get("iterations", iterations), "execution": config.get("execution")}
     return {"attack": attack, "defenses": defenses, "threat": threat, "config": options, "victims": len(ssim),
             "ssim_mean": float(ssim.mean()), "ssim_std": float(ssim.std(ddof=1)), "asr": float((ssim > 0.5).mean()),
             "ssim_per_image": ssim.tolist(), "seconds": time.perf_counter() - started}
@@ -162,6 +204,20 @@ def _table_rows(args: argparse.Namespace, section: str, specs: list, iterations:
 
 def run_single(args: argparse.Namespace) -> list[dict[str, Any]]:
     return _table_rows(args, "single", SINGLE, args.iterations)
+
+
+def run_cifar(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    k, n = (int(v) for v in args.cifar_part.split("/"))
+    specs = PAPER_CIFAR_EARLY if args.cifar_early else PAPER_CIFAR
+    for table, attack, defenses, threat, paper in specs[k * len(specs) // n:(k + 1) * len(specs) // n]:
+        row = {"table": table, "paper": {"ssim_mean": paper[0], "ssim_std": paper[1], "asr": paper[2] / 100},
+               **attack_row(args, attack, defenses, threat, args.cifar_iterations, cifar=True)}
+        rows.append(row)
+        print(f"[cifar] {table:<11} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
+              f"ASR {row['asr']:.1%}  (paper {paper[0]:.2f} ± {paper[1]:.2f}, {paper[2]:.2f} %)  "
+              f"{row['seconds']:.0f}s", flush=True)
+    return rows
 
 
 def run_long(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -250,6 +306,17 @@ def tables(results: dict[str, Any]) -> str:
             acc = util.get(r["combination"], {}).get("test_accuracy")
             out.append(f"{flags[0]:>3} {flags[1]:>3} {flags[2]:>3} {pm:>3} {r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} "
                        f"{r['asr']:>6.0%} {'' if acc is None else f'{acc:.2%}':>9}")
+    if "cifar" in results:
+        first = results["cifar"][0]
+        out.append("")
+        out.append(f"Tables 1-3, CIFAR-10 cnn b1, labels known, {first['victims']} victims, attack defaults "
+                   f"({first['config']['iterations']} it); paper: Scheliga et al. 2024")
+        out.append(f"{'table':<11} {'defenses':<16} {'attack':<20} {'SSIM':>12} {'ASR':>7}   {'paper':>20}")
+        for r in results["cifar"]:
+            d = "+".join(_short(x) for x in r["defenses"]) or "-"
+            p = r["paper"]
+            out.append(f"{r['table']:<11} {d:<16} {r['attack']:<20} {r['ssim_mean']:.2f} ± {r['ssim_std']:.2f} "
+                       f"{r['asr']:>7.1%}   {p['ssim_mean']:.2f} ± {p['ssim_std']:.2f} {p['asr']:>7.2%}")
     if "long" in results:
         out.append("")
         out.append(f"Acceptance comparisons at {results['long'][0]['config']['iterations']} iterations "
@@ -292,12 +359,19 @@ def _merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[d
     return out
 
 
-SECTIONS = {"single": run_single, "ablation": run_ablation, "utility": run_utility, "long": run_long}
+SECTIONS = {"single": run_single, "ablation": run_ablation, "utility": run_utility, "long": run_long,
+            "cifar": run_cifar}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--only", nargs="*", default=[k for k in SECTIONS if k != "cifar"], choices=list(SECTIONS))
+    parser.add_argument("--cifar-iterations", type=int, default=None,
+                        help="cifar section: attack budget (default: each attack's own)")
+    parser.add_argument("--cifar-part", default="0/1", help="k/n: run the k-th of n equal slices of the cifar rows")
+    parser.add_argument("--cifar-early", action="store_true",
+                        help="cifar section: the PRECODE rows with PRECODE after the first conv block (PRECODE*)")
+    parser.add_argument("--victims-seed", type=int, default=0, help="cifar section: the victims' permutation")
     parser.add_argument("--victims", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--ablation-iterations", type=int, default=100)
