@@ -12,6 +12,13 @@ compilation to cost:
   on-disk cache holds the problem (:func:`compile_record`), else :data:`COLD_SECONDS`;
 - a problem this process compiled before costs nothing (Dynamo reuses it): compiled from the first iteration.
 
+With these constants the break-even is an eager time left of ``cost / (1 - 1/SPEEDUP)``: 30 s before the first
+compilation of a problem, 3× the recorded cost after (e.g. 6 s for a 2 s compilation). Measured on this
+project's 2-core CPU, 1 thread, the small CNN on CIFAR-10 (``make bench-breaching``): eager 1.34 / 3.29 /
+9.9 ms an iteration at batch 1 / batch 8 / 16 victims, compiled 0.57 / 2.19 / 5.7 ms, a cold compilation
+0.9-2.2 s: compiling pays after about 2,900 / 800 / 300 iterations when cold. The rule is conservative: it
+compiles a first run only when about 30 s of eager work is left.
+
 The compiled and the eager iteration compute the same numbers to float rounding (Inductor fuses and reorders
 arithmetic), so switching mid-run changes results only at that level. Inductor's caches persist on disk across
 processes in :func:`cache_dir` ``/torchinductor`` (unless ``TORCHINDUCTOR_CACHE_DIR`` is set), which makes a
@@ -46,10 +53,12 @@ IterationFn = Callable[[TensorDict], tuple[Tensor, TensorDict]]
 MIN_ITERATIONS = 200
 #: eager iterations timed before deciding (after one untimed warm-up iteration)
 PROBE = 5
-#: the smallest measured compiled-over-eager speed-up of an iteration on a CPU (batch 8, the small CNN)
-SPEEDUP = 1.6
-#: assumed cost of a first compilation that no cache holds (the small CNN measured 6-36 s on 2 cores)
-COLD_SECONDS = 30.0
+#: the smallest measured compiled-over-eager speed-up of an iteration on a CPU (the small CNN, CIFAR-10, 1 thread:
+#: batch 1 2.35x, batch 8 1.50x, 16 victims 2.2x; benchmarks/results/vs_breaching_cpu.json)
+SPEEDUP = 1.5
+#: assumed cost of a first compilation that no cache holds (the small CNN: 1-2 s on an idle 2-core machine, up to
+#: 10 s with the other core busy)
+COLD_SECONDS = 10.0
 
 #: problems compiled in this process -> compilation seconds (Dynamo's in-memory cache holds them)
 _COMPILED: dict[str, float] = {}
@@ -96,6 +105,21 @@ def _persistent_inductor_cache() -> None:
     except OSError:
         return  # not writable: Inductor keeps its default
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
+#: problems (architectures, shapes, attack types) one process may compile before Dynamo stops compiling new ones
+RECOMPILE_LIMIT = 64
+
+
+def _allow_recompiles() -> None:
+    """Every problem is a new closure of the same iteration code, and Dynamo compiles at most
+    ``recompile_limit`` (8) variants of one code object before it silently runs the rest eagerly: a study or a
+    benchmark attacks more kinds of problems than that in one process."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    if config.recompile_limit < RECOMPILE_LIMIT:
+        config.recompile_limit = RECOMPILE_LIMIT
 
 
 def problem_key(*parts: Any) -> str:
@@ -169,6 +193,7 @@ class AdaptiveIteration:
 
     def _compile(self, reason: str) -> None:
         _persistent_inductor_cache()
+        _allow_recompiles()
         quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on a CPU machine
         if quiet.level == logging.NOTSET and self.device.type == "cpu":
             quiet.setLevel(logging.ERROR)
