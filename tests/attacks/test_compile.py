@@ -166,7 +166,8 @@ def test_auto_compiles_when_the_probe_says_it_repays(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(compiling, "COLD_SECONDS", 1e9)
     again = attack(view, generator=torch.Generator().manual_seed(3))
     assert "earlier in this process" in again.config["execution"]["reason"]
-    assert again.config["execution"]["switched_at"] == 0
+    assert again.config["execution"]["switched_at"] == 0 and again.config["execution"]["compile_seconds"] == 0
+    assert json.loads(compiling.compile_record().read_text()) == record  # a reuse is no compilation to record
     eager = dataclasses.replace(attack, compile=False)(view, generator=torch.Generator().manual_seed(3))
     assert eager.config["execution"]["iteration"] == "eager"
     torch.testing.assert_close(recon.images, eager.images, rtol=0, atol=1e-5)  # the torch.func route, to rounding

@@ -190,6 +190,7 @@ class AdaptiveIteration:
                 self.mode = False
             elif key in _COMPILED:  # costs nothing now: no need to time the eager iteration
                 self._compile("compiled earlier in this process (Dynamo's cache holds it)")
+                self.state["compile_seconds"] = 0.0  # nothing to measure or to record
 
     def _compile(self, reason: str) -> None:
         _persistent_inductor_cache()
@@ -227,7 +228,7 @@ class AdaptiveIteration:
             _sync(self.device)
             seconds = time.perf_counter() - started
             self.state["compile_seconds"] = round(seconds, 3)
-            if self.state["iteration"] == "compiled":  # not fallen back
+            if self.state["iteration"] == "compiled" and self.key not in _COMPILED:  # compiled now, not reused
                 _COMPILED[self.key] = seconds
                 _write_record(self.key, seconds)
             return out
