@@ -141,11 +141,12 @@ def run_defaults(args: argparse.Namespace) -> dict[str, Any]:
                      "label_accuracy": result.metrics["label_accuracy"], "seconds": seconds,
                      "seconds_per_image": seconds / len(ssim), "iterations": attack.iterations,
                      "victim_iterations_per_second": len(ssim) * attack.iterations / seconds,
-                     "execution": execution}
+                     "execution": execution, "tv_auto": result.reconstructions[0].config.get("tv_auto")}
         r = rows[row]
         print(f"[defaults] {row:<34} x{r['victims']}: SSIM {r['ssim']['mean']:.3f} ± {r['ssim']['std']:.3f} "
               f"(min {r['ssim']['min']:.3f}), ASR {r['asr']:.1%}, labels {r['label_accuracy']:.0%}; "
-              f"{seconds:.0f} s ({execution['iteration'] if execution else '?'})", flush=True)
+              f"{seconds:.0f} s ({execution['iteration'] if execution else '?'})"
+              + (f", TV chosen {r['tv_auto']['chosen']:g}" if r["tv_auto"] else ""), flush=True)
     return {"config": attack.config(), "victims_seed": args.victims_seed, "rows": rows}
 
 

@@ -161,8 +161,9 @@ def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: st
     x, y, ds = cifar_victims(args) if cifar else victims(args)
     torch.manual_seed(0)
     model = create_model("cnn", in_channels=x.shape[1])
-    if cifar:  # the attacks' defaults
-        options: dict[str, Any] = {} if iterations is None else {"iterations": iterations}
+    if cifar:  # the attacks' defaults, or what --cifar-options changes
+        options: dict[str, Any] = {**({} if iterations is None else {"iterations": iterations}),
+                                   **json.loads(args.cifar_options)}
     else:
         options = {**ATTACK, "restarts": args.restarts, "iterations": iterations}
     started = time.perf_counter()
@@ -171,7 +172,8 @@ def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: st
                                  generator=torch.Generator().manual_seed(1))
     ssim = np.asarray(result.metrics["ssim_per_image"])
     config = result.reconstructions[0].config
-    options = {**options, "iterations": config.get("iterations", iterations), "execution": config.get("execution")}
+    options = {**options, "iterations": config.get("iterations", iterations), "execution": config.get("execution"),
+               **({"tv_auto": config["tv_auto"]} if "tv_auto" in config else {})}
     return {"attack": attack, "defenses": defenses, "threat": threat, "config": options, "victims": len(ssim),
             "ssim_mean": float(ssim.mean()), "ssim_std": float(ssim.std(ddof=1)), "asr": float((ssim > 0.5).mean()),
             "ssim_per_image": ssim.tolist(), "seconds": time.perf_counter() - started}
@@ -209,14 +211,16 @@ def run_single(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_cifar(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     k, n = (int(v) for v in args.cifar_part.split("/"))
-    specs = PAPER_CIFAR_EARLY if args.cifar_early else PAPER_CIFAR
+    specs = [row for row in (PAPER_CIFAR_EARLY if args.cifar_early else PAPER_CIFAR)
+             if not args.cifar_rows or any(k in row[0] for k in args.cifar_rows)]
     for table, attack, defenses, threat, paper in specs[k * len(specs) // n:(k + 1) * len(specs) // n]:
         row = {"table": table, "paper": {"ssim_mean": paper[0], "ssim_std": paper[1], "asr": paper[2] / 100},
                **attack_row(args, attack, defenses, threat, args.cifar_iterations, cifar=True)}
         rows.append(row)
         print(f"[cifar] {table:<11} {attack:<20} SSIM {row['ssim_mean']:.2f} ± {row['ssim_std']:.2f}  "
               f"ASR {row['asr']:.1%}  (paper {paper[0]:.2f} ± {paper[1]:.2f}, {paper[2]:.2f} %)  "
-              f"{row['seconds']:.0f}s", flush=True)
+              f"{row['seconds']:.0f}s" + (f", TV chosen {row['config']['tv_auto']['chosen']:g}"
+                                         if "tv_auto" in row["config"] else ""), flush=True)
     return rows
 
 
@@ -309,8 +313,10 @@ def tables(results: dict[str, Any]) -> str:
     if "cifar" in results:
         first = results["cifar"][0]
         out.append("")
+        changed = {k: v for k, v in first["config"].items() if k not in ("iterations", "execution", "tv_auto")}
         out.append(f"Tables 1-3, CIFAR-10 cnn b1, labels known, {first['victims']} victims, attack defaults "
-                   f"({first['config']['iterations']} it); paper: Scheliga et al. 2024")
+                   f"({first['config']['iterations']} it{', ' + json.dumps(changed) if changed else ''}); "
+                   "paper: Scheliga et al. 2024")
         out.append(f"{'table':<11} {'defenses':<16} {'attack':<20} {'SSIM':>12} {'ASR':>7}   {'paper':>20}")
         for r in results["cifar"]:
             d = "+".join(_short(x) for x in r["defenses"]) or "-"
@@ -369,6 +375,10 @@ def main() -> None:
     parser.add_argument("--cifar-iterations", type=int, default=None,
                         help="cifar section: attack budget (default: each attack's own)")
     parser.add_argument("--cifar-part", default="0/1", help="k/n: run the k-th of n equal slices of the cifar rows")
+    parser.add_argument("--cifar-options", default="{}",
+                        help="cifar section: JSON attack options replacing defaults (a variant, e.g. '{\"tv\": 1e-4}')")
+    parser.add_argument("--cifar-rows", nargs="*", default=[],
+                        help="cifar section: only the rows whose table contains one of these (e.g. PRECODE)")
     parser.add_argument("--cifar-early", action="store_true",
                         help="cifar section: the PRECODE rows with PRECODE after the first conv block (PRECODE*)")
     parser.add_argument("--victims-seed", type=int, default=0, help="cifar section: the victims' permutation")

@@ -177,3 +177,34 @@ def test_attack_gradient_matches_finite_differences() -> None:
             minus = problem.objective({**values, key: values[key] - h * d}).sum()
             fd = float((plus - minus) / (2 * h))
             assert float((grads[key] * d).sum()) == pytest.approx(fd, rel=1e-5, abs=1e-8), (type(attack), key)
+
+
+def test_auto_tv_chooses_by_the_update_match_and_says_so() -> None:
+    """``tv="auto"``: one short run per candidate from the same start, the weight whose reconstructions match
+    the update best (objective without TV, never the truth) runs the full budget, and the choice is reported."""
+    from gradleak.attacks.replay import TV_CANDIDATES
+    from gradleak.audit import simulate_and_attack
+
+    x, y, mean, std = mnist(2)
+    torch.manual_seed(0)
+    views = list(simulate_and_attack(create_model("cnn", in_channels=1), x, y, recipe="fedsgd",
+                                     attack="inverting-gradients", attack_options={"iterations": 0},
+                                     victims="each", mean=mean, std=std).views)
+    attack = InvertingGradients(iterations=40, tv="auto", tv_sweep_iterations=20, compile=False)
+    recons = attack.attack_many(views, generator=torch.Generator().manual_seed(3))
+    note = recons[0].config["tv_auto"]
+    assert set(note["scores"]) == set(TV_CANDIDATES) and note["sweep_iterations"] == 20
+    assert note["chosen"] == min(note["scores"], key=note["scores"].get)
+    assert recons[0].config["tv"] == "auto" and recons[1].config["tv_auto"] == note
+    # the full run is the fixed-weight attack with the chosen weight, from the same start
+    fixed = dataclasses.replace(attack, tv=note["chosen"]).attack_many(views,
+                                                                     generator=torch.Generator().manual_seed(3))
+    for a, b in zip(recons, fixed, strict=True):
+        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+    # each score is the sum over the victims of the matching term at that candidate's short run
+    short = dataclasses.replace(attack, tv=TV_CANDIDATES[0], iterations=20).attack_many(
+        views, generator=torch.Generator().manual_seed(3))
+    match = dataclasses.replace(attack, tv=0.0).evaluate(views, torch.stack([r.images for r in short]))
+    assert note["scores"][TV_CANDIDATES[0]] == pytest.approx(float(match.sum()), rel=1e-4, abs=1e-6)
+    with pytest.raises(AttackError, match="tv must be"):
+        InvertingGradients(tv="strong")

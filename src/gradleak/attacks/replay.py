@@ -62,6 +62,8 @@ from gradleak.records import Reconstruction, ServerView, Trial
 __all__ = ["ReplayAttack", "Targeting"]
 
 LEAF = "noise:"  # prefix of the optimised noise leaves among the optimisation variables
+#: the TV weights ``tv="auto"`` chooses from (Scheliga et al.'s 1e-2 down to Geiping et al.'s MNIST-era 1e-4)
+TV_CANDIDATES = (1e-2, 1e-3, 1e-4)
 
 TensorDict = dict[str, Tensor]
 
@@ -156,7 +158,11 @@ class ReplayAttack(Attack):
     boxed
         Keep dummy pixels in ``[0, 1]`` (a box in normalised space) after every step.
     tv, l2, bn_prior, bn_buffers, group
-        Weights of the priors (0 switches a term off).
+        Weights of the priors (0 switches a term off). ``tv="auto"`` chooses the TV weight per run: a short
+        attack (``tv_sweep_iterations``) with each of :data:`TV_CANDIDATES` from the same start, and the weight
+        whose reconstructions match the update best (the objective without the TV term, summed over the
+        victims attacked together; never the ground truth) runs the full budget. The choice and the scores are
+        in each reconstruction's ``config["tv_auto"]``.
     init, init_noise
         Dummy-image initialisation (``"gaussian"``, ``"uniform"``, ``"prior"``, ``"mean"``) and added noise.
     labels, label_init
@@ -200,7 +206,7 @@ class ReplayAttack(Attack):
     signed: bool = False
     plateau: int = 400
     boxed: bool = True
-    tv: float = 0.0
+    tv: float | str = 0.0
     l2: float = 0.0
     bn_prior: float = 0.0
     bn_buffers: float = 0.0
@@ -216,6 +222,7 @@ class ReplayAttack(Attack):
     tolerance: float | None = None
     check_every: int = 100
     patience: int | None = None
+    tv_sweep_iterations: int = 1000
     unfold_convolutions: bool = True
     compile: bool | str = "auto"
 
@@ -227,6 +234,10 @@ class ReplayAttack(Attack):
                 raise AttackError(f"{name}={getattr(self, name)!r} is not one of {sorted(valid)}")
         if self.iterations < 0 or self.restarts < 1 or self.trace_every < 1:
             raise AttackError("iterations must be >= 0, restarts >= 1 and trace_every >= 1")
+        if isinstance(self.tv, str) and self.tv != "auto":
+            raise AttackError(f"tv must be a number >= 0 or 'auto', got {self.tv!r}")
+        if self.tv_sweep_iterations < 1:
+            raise AttackError(f"tv_sweep_iterations must be >= 1, got {self.tv_sweep_iterations}")
         if self.compile not in (True, False, "auto"):
             raise AttackError(f"compile must be true, false or 'auto', got {self.compile!r}")
         if self.patience is not None and self.patience < 1:
@@ -294,6 +305,8 @@ class ReplayAttack(Attack):
               ) -> tuple[OptimResult, _Problem]:
         """Run the optimisation of :meth:`reconstruct_many` and return its raw result (every variable, the
         noise leaves ``"noise:<name>"`` included, as ``(victims · restarts, ...)``) and the problem."""
+        if self.tv == "auto":
+            return self._solve_auto_tv(views, generators)
         problem = self.problem(views)
         project = problem.project if (self.boxed or problem.targeting.project is not None) else None
         result = minimize(problem.objective, problem.initial(generators), iterations=self.iterations,
@@ -302,6 +315,31 @@ class ReplayAttack(Attack):
                           value_and_grad=problem.value_and_grad, patience=self.patience,
                           lr_scale={LEAF + k: v for k, v in problem.targeting.lr_scale.items()} or None)
         return result, problem
+
+    def _solve_auto_tv(self, views: Sequence[ServerView], generators: Sequence[torch.Generator]
+                       ) -> tuple[OptimResult, _Problem]:
+        """``tv="auto"``: a short run per candidate weight from the same start, scored by the objective without
+        the TV term at each run's best point (summed over victims), then the full run with the best weight."""
+        states = [g.get_state() for g in generators]
+
+        def fresh() -> list[torch.Generator]:
+            for g, state in zip(generators, states, strict=True):
+                g.set_state(state)
+            return list(generators)
+
+        short = min(self.iterations, self.tv_sweep_iterations)
+        scores: dict[float, float] = {}
+        for tv in TV_CANDIDATES:
+            result, _ = dataclasses.replace(self, tv=tv, iterations=short).solve(views, fresh())
+            untextured = dataclasses.replace(self, tv=0.0).problem(views)
+            with torch.no_grad():
+                match = untextured.objective(result.variables).reshape(len(views), self.restarts)
+            best = result.objective.reshape(len(views), self.restarts).argmin(1)
+            scores[tv] = float(match.gather(1, best.unsqueeze(1)).sum())
+        chosen = min(scores, key=lambda tv: scores[tv])
+        result, problem = dataclasses.replace(self, tv=chosen).solve(views, fresh())
+        note = {"chosen": chosen, "scores": scores, "sweep_iterations": short}
+        return result, dataclasses.replace(problem, notes={**problem.notes, "tv_auto": note})
 
     def targeting(self, views: Sequence[ServerView], model: torch.nn.Module, recipe: LocalRecipe,
                   n: int) -> Targeting:
@@ -335,6 +373,9 @@ class ReplayAttack(Attack):
 
     def problem(self, views: Sequence[ServerView]) -> _Problem:
         """The batched objective of attacking ``views`` together (victims × restarts trials)."""
+        if self.tv == "auto":
+            raise AttackError("tv='auto' chooses the weight when the attack runs; give a number to build or "
+                              "evaluate the objective")
         self._check_alike(views)
         view0 = views[0]
         model = view0.build_model()
@@ -539,7 +580,7 @@ class ReplayAttack(Attack):
         trace = result.trace.reshape(-1, V, R).cpu()
         ran = result.trial_iterations.reshape(V, R) if result.trial_iterations is not None else None
         describe = getattr(problem.value_and_grad, "describe", None)
-        execution = {"execution": describe()} if describe is not None else {}
+        execution = {**({"execution": describe()} if describe is not None else {}), **problem.notes}
         out = []
         for v in range(V):
             r = int(objective[v].argmin())
@@ -568,6 +609,7 @@ class _Problem:
     device: torch.device
     dtype: torch.dtype
     targeting: Targeting = Targeting()
+    notes: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
     def initial(self, generators: Sequence[torch.Generator]) -> TensorDict:
         """Starting images (soft-label logits, noise leaves), each victim drawing from its own generator."""
