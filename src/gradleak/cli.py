@@ -225,8 +225,8 @@ def demo(
     executor: str | None = typer.Option(None, help="local (default) or ray"),
 ) -> None:
     """The offline demo audit: the hospital federation on the bundled PneumoniaMNIST sample, the BN-aware FedAvg
-    inversion on clients 1, 5 and 9 (ids 0, 4, 8) at an early and a late round under local Gaussian noise
-    sigma0 in {0, 10, 30}, one imprint (malicious server) run, and the HTML report. Runs the bundled
+    inversion on clients 1, 5 and 9 (ids 0, 4, 8) at the last round, undefended and under local Gaussian noise
+    sigma0 in {0.1, 0.3, 1}, one imprint (malicious server) run on client 3, and the HTML report. Runs the bundled
     study config (``gradleak/study/configs/demo.yaml``) through the study runner; a re-run resumes."""
     from gradleak.report import build_report
     from gradleak.study import run_study
