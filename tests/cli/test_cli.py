@@ -54,6 +54,7 @@ def test_attack_command_reads_a_recorded_store(demo_out: Path, tmp_path: Path) -
                                  "--image-size", "32", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "reconstruction.npz")["images"].shape == (1, 1, 32, 32)
+    assert "iterations ran eager: 2 iterations (< 200): too short to repay compiling" in result.output
     missing = runner.invoke(app, ["attack", "--store", str(store), "--round", "0", "--client", "42", "--attack",
                                   "dlg", "--dataset", "sample-pneumoniamnist", "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "no update of client 42 in round 0" in missing.output
