@@ -151,7 +151,7 @@ def _fake_compile(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_auto_compiles_when_the_probe_says_it_repays(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     compiled = _fake_compile(monkeypatch)
     monkeypatch.setenv("GRADLEAK_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(compiling, "_COMPILED", {})
+    monkeypatch.setattr(compiling, "_COMPILED", set())
     view = _one_view()
     attack = InvertingGradients(iterations=compiling.MIN_ITERATIONS, signed=False)
     # a first compilation that costs nothing is always worth it: the switch comes after the probe
@@ -176,7 +176,7 @@ def test_auto_compiles_when_the_probe_says_it_repays(monkeypatch: pytest.MonkeyP
 def test_auto_stays_eager_when_compiling_would_not_repay(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     compiled = _fake_compile(monkeypatch)
     monkeypatch.setenv("GRADLEAK_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(compiling, "_COMPILED", {})
+    monkeypatch.setattr(compiling, "_COMPILED", set())
     monkeypatch.setattr(compiling, "COLD_SECONDS", 1e9)
     recon = InvertingGradients(iterations=compiling.MIN_ITERATIONS)(_one_view())
     assert not compiled and recon.config["execution"]["iteration"] == "eager"

@@ -60,8 +60,8 @@ SPEEDUP = 1.5
 #: 10 s with the other core busy)
 COLD_SECONDS = 10.0
 
-#: problems compiled in this process -> compilation seconds (Dynamo's in-memory cache holds them)
-_COMPILED: dict[str, float] = {}
+#: problems compiled in this process (Dynamo's in-memory cache holds them)
+_COMPILED: set[str] = set()
 _WARNED: set[str] = set()
 
 
@@ -229,7 +229,7 @@ class AdaptiveIteration:
             seconds = time.perf_counter() - started
             self.state["compile_seconds"] = round(seconds, 3)
             if self.state["iteration"] == "compiled" and self.key not in _COMPILED:  # compiled now, not reused
-                _COMPILED[self.key] = seconds
+                _COMPILED.add(self.key)
                 _write_record(self.key, seconds)
             return out
         if self.mode != "auto" or self.calls == 1:

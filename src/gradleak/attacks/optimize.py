@@ -262,7 +262,6 @@ def minimize(
             values = {k: v.detach() for k, v in leaves.items()}
             grads = {k: g.detach() for k, g in grads.items()}
             better = remember(values, obj)
-            ran += active.long()
             if plateau:  # ReduceLROnPlateau(mode="min", threshold=1e-4, threshold_mode="rel"), per trial
                 improved = obj < reference * (1 - 1e-4)
                 reference = torch.where(improved, obj, reference)
@@ -271,6 +270,7 @@ def minimize(
                 factor = torch.where(cut, factor * cfg.gamma, factor)
                 bad = torch.where(cut, 0, bad)
             if patience is not None:
+                ran += active.long()
                 since = torch.where(better, 0, since + 1)
                 active = active & (since < patience)
             if i % trace_every == 0:

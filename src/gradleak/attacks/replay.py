@@ -329,9 +329,9 @@ class ReplayAttack(Attack):
 
         short = min(self.iterations, self.tv_sweep_iterations)
         scores: dict[float, float] = {}
+        untextured = dataclasses.replace(self, tv=0.0, compile=False).problem(views)  # scores only, never stepped
         for tv in TV_CANDIDATES:
             result, _ = dataclasses.replace(self, tv=tv, iterations=short).solve(views, fresh())
-            untextured = dataclasses.replace(self, tv=0.0).problem(views)
             with torch.no_grad():
                 match = untextured.objective(result.variables).reshape(len(views), self.restarts)
             best = result.objective.reshape(len(views), self.restarts).argmin(1)
