@@ -36,13 +36,14 @@ from torch import nn
 
 from gradleak.attacks.imprint import (
     ImprintAttack,
+    ImprintBlock,
     ImprintSecrets,
     expected_recovery,
+    insert_imprint,
     one_shot_success,
     reference_features,
     simulate_recovery,
 )
-from gradleak.attacks.imprint_model import ImprintBlock, insert_imprint
 from gradleak.attacks.inspect import inspect_model
 from gradleak.audit import simulate_and_attack
 from gradleak.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, load_dataset, normalize

@@ -32,7 +32,8 @@ from gradleak.defenses import LocalGaussian
 from gradleak.fl.presets import SCENARIOS
 from gradleak.gate import LeakageGate
 from gradleak.metrics import grade
-from gradleak.records import ModelSpec, ServerView
+from gradleak.models import ModelSpec
+from gradleak.records import ServerView
 
 OUT = Path(__file__).parent / "results" / "gate_hospital_cpu.json"
 

@@ -146,7 +146,7 @@ def simulate(
 ) -> None:
     """Run FedAvg for a scenario preset, recording every update the server receives."""
     from gradleak.fl.presets import SCENARIOS
-    from gradleak.records import ModelSpec
+    from gradleak.models import ModelSpec
 
     try:
         scenario = SCENARIOS.create(scenario_name)
@@ -264,7 +264,7 @@ def run(
     write OUT/results.{csv,parquet}, OUT/settings.{csv,parquet} and the report. Finished units are skipped."""
     from gradleak.report import build_report
     from gradleak.study import load_config, run_study
-    from gradleak.study.config import replace_config
+    from gradleak.study.parse import replace_config
 
     try:
         config = load_config(config_path)
@@ -404,7 +404,8 @@ def attack(
     from gradleak.fl.recipe import LocalRecipe
     from gradleak.fl.store import UpdateStore
     from gradleak.metrics import describe_rule, grade
-    from gradleak.records import InputSpec, ModelSpec
+    from gradleak.models import ModelSpec
+    from gradleak.records import InputSpec
     from gradleak.report.figures import save_image_row
     from gradleak.study.views import DataContext, data_context, domain_prior, view_from_store
 

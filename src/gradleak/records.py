@@ -19,7 +19,6 @@ __all__ = [
     "ClientUpdate",
     "GlobalState",
     "InputSpec",
-    "ModelSpec",
     "Reconstruction",
     "ServerView",
     "Trial",
@@ -29,44 +28,6 @@ TensorDict = dict[str, Tensor]
 
 #: Client id of an aggregate the server sees under secure aggregation (no real client has this id).
 AGGREGATE_CLIENT = 99_999
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build a model: a registry name (or ``package.module:factory``) and its options.
-
-    Records carry a spec rather than a module so they can be saved as JSON and rebuilt anywhere.
-    """
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def build(self) -> nn.Module:
-        """Instantiate the model (fresh random weights; load a state to use it).
-
-        ``options["model_defenses"]`` (a list of defense names or ``{"name", "options"}`` dicts) applies
-        model-stage defenses (dropout rate, PRECODE, CVB) to the built architecture.
-        """
-        from gradleak.models import create_model
-
-        options = dict(self.options)
-        defenses = options.pop("model_defenses", [])
-        model = create_model(self.name, **options)
-        if defenses:
-            from gradleak.defenses import resolve_defenses
-
-            for defense in resolve_defenses(defenses):
-                if defense.stage != "model":
-                    raise ValueError(f"model_defenses holds {defense.name!r}, a {defense.stage}-stage defense")
-                model = defense.apply(model)
-        return model
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dict(self.options)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ModelSpec:
-        return cls(name=str(data["name"]), options=dict(data.get("options", {})))
 
 
 @dataclass(frozen=True)
@@ -206,7 +167,7 @@ class ServerView:
         Anything else the threat model grants (public buffers, the client's noise for a well-informed attack).
     """
 
-    model: ModelSpec | Callable[[], nn.Module]
+    model: Callable[[], nn.Module]
     global_state: GlobalState
     updates: Sequence[ClientUpdate]
     image_shape: tuple[int, int, int]
@@ -224,7 +185,7 @@ class ServerView:
 
     def build_model(self) -> nn.Module:
         """A fresh module of the clients' architecture loaded with the view's global state."""
-        module = self.model.build() if isinstance(self.model, ModelSpec) else self.model()
+        module = self.model()
         module.load_state_dict(self.global_state.state_dict(), strict=True)
         return module
 

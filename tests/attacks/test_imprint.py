@@ -14,13 +14,15 @@ from torch import nn
 from gradleak.attacks.base import ATTACKS, AttackError
 from gradleak.attacks.imprint import (
     ImprintAttack,
+    ImprintBlock,
     ImprintSecrets,
+    bin_edges,
     expected_recovery,
+    insert_imprint,
     one_shot_success,
     reference_features,
     simulate_recovery,
 )
-from gradleak.attacks.imprint_model import ImprintBlock, bin_edges, insert_imprint
 from gradleak.attacks.inspect import inspect_model
 from gradleak.fl import LocalData, LocalRecipe, local_update, model_state
 from gradleak.models import DEFAULT_INPUTS, MODELS, create_model
@@ -154,7 +156,7 @@ def test_module_keeps_the_model_and_its_output() -> None:
     assert out.shape == ref.shape and float((out - ref).abs().max()) < 0.05 * float(ref.abs().max())
     names = dict(model.named_parameters())
     assert names[secrets.weight].shape == (16, math.prod(SHAPE))
-    assert {type(m).__name__ for m in model.modules()} <= {"Sequential", "LinearBottleneck", "Linear", "ReLU",
+    assert {type(m).__name__ for m in model.modules()} <= {"Sequential", "ImprintBottleneck", "Linear", "ReLU",
                                                             "Flatten"}
 
 

@@ -30,8 +30,8 @@ from gradleak.fl import LocalData, LocalRecipe, local_update, model_state
 from gradleak.fl.federation import FedAvgSimulation, FLClient
 from gradleak.fl.recorder import Recorder
 from gradleak.fl.store import UpdateStore
-from gradleak.models import create_model
-from gradleak.records import AGGREGATE_CLIENT, ClientUpdate, ModelSpec, ServerView
+from gradleak.models import ModelSpec, create_model
+from gradleak.records import AGGREGATE_CLIENT, ClientUpdate, ServerView
 
 
 @pytest.mark.parametrize(("sigma", "q", "steps", "delta"), [(1.0, 0.01, 1000, 1e-5), (0.8, 0.064, 300, 1e-6)])

@@ -26,7 +26,8 @@ from gradleak.fl.federation import FedAvgSimulation, FLClient  # noqa: E402
 from gradleak.fl.store import UpdateStore  # noqa: E402
 from gradleak.gate import LeakageGate  # noqa: E402
 from gradleak.metrics import grade  # noqa: E402
-from gradleak.records import ModelSpec, ServerView  # noqa: E402
+from gradleak.models import ModelSpec  # noqa: E402
+from gradleak.records import ServerView  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "nvflare"

@@ -12,7 +12,7 @@ from gradleak.data import load_dataset
 from gradleak.fl.presets import SCENARIOS
 from gradleak.fl.recorder import Recorder
 from gradleak.fl.store import UpdateStore
-from gradleak.records import ModelSpec
+from gradleak.models import ModelSpec
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 pytestmark = pytest.mark.skipif(not SHARED_DATASETS.exists(), reason="needs ../shared/datasets")

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from gradleak.errors import GradleakError, UpdateFileError
 from gradleak.fl.store import RecordExistsError, UpdateStore, read_safetensors_strict
-from gradleak.records import ClientUpdate, GlobalState, ModelSpec
+from gradleak.models import ModelSpec
+from gradleak.records import ClientUpdate, GlobalState
 
 
 def tiny_cnn() -> nn.Module:

@@ -7,7 +7,7 @@ import torch
 
 from gradleak.data import load_dataset
 from gradleak.fl.presets import SCENARIOS
-from gradleak.records import ModelSpec
+from gradleak.models import ModelSpec
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,12 @@ from gradleak.models import (
     MODELS,
     ModelConfigError,
     ModelImportError,
+    ModelSpec,
     create_model,
     describe_models,
     model_table,
     parameter_count,
 )
-from gradleak.records import ModelSpec
 
 EXPECTED_NAMES = {"cnn", "lenet", "convnet", "resnet18", "resnet8", "mlp", "vit"}
 ALL = sorted(EXPECTED_NAMES)

@@ -7,13 +7,15 @@ from gradleak.attacks.fedavg_inversion import FedAvgInversion
 from gradleak.attacks.gradinversion import GradInversion
 from gradleak.attacks.imprint import (
     ImprintAttack,
+    ImprintBlock,
     ImprintSecrets,
     expected_recovery,
+    insert_imprint,
+    linearize_resnet,
     one_shot_success,
     reference_features,
     simulate_recovery,
 )
-from gradleak.attacks.imprint_model import ImprintBlock, insert_imprint, linearize_resnet
 from gradleak.attacks.inspect import InspectionReport, inspect_model
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.targeted import CDIA, DIA, DPIA, GPIA, PIG, VBIA, WIIG, TargetedAttack

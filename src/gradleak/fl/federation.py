@@ -26,7 +26,8 @@ from torch.func import functional_call
 from gradleak.fl.aggregation import fedavg
 from gradleak.fl.local import LocalData, local_update, model_state
 from gradleak.fl.recipe import LocalRecipe
-from gradleak.records import ClientUpdate, GlobalState, ModelSpec
+from gradleak.models import ModelSpec
+from gradleak.records import ClientUpdate, GlobalState
 
 __all__ = [
     "FLClient",
@@ -182,7 +183,7 @@ class FedAvgSimulation:
 
     def _build(self) -> nn.Module:
         torch.manual_seed(derive_seed(self.seed, 0x5EED))
-        return self.model_spec.build() if isinstance(self.model_spec, ModelSpec) else self.model_spec()
+        return self.model_spec()
 
     def initial_state(self) -> GlobalState:
         """The round-0 global model (seeded initialisation)."""

@@ -42,7 +42,8 @@ from gradleak.errors import GradleakError
 from gradleak.fl.federation import FedAvgSimulation, FLClient
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.fl.store import RunMismatchError, UpdateStore
-from gradleak.records import ClientUpdate, GlobalState, InputSpec, ModelSpec
+from gradleak.models import ModelSpec
+from gradleak.records import ClientUpdate, GlobalState, InputSpec
 
 __all__ = ["RecordingStrategy", "make_client_app", "require_flower", "run_flower_simulation"]
 

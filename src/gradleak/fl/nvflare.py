@@ -44,8 +44,9 @@ from gradleak.errors import GradleakError
 from gradleak.fl.local import model_state
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.fl.store import UpdateStore
+from gradleak.models import ModelSpec
 from gradleak.models.zoo import import_callable
-from gradleak.records import ClientUpdate, GlobalState, InputSpec, ModelSpec
+from gradleak.records import ClientUpdate, GlobalState, InputSpec
 
 try:
     from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable

@@ -31,7 +31,8 @@ from gradleak.data import ImageDataset, load_dataset, partition_by_sizes, partit
 from gradleak.fl.federation import FedAvgSimulation, FLClient
 from gradleak.fl.local import LocalData
 from gradleak.fl.recipe import LocalRecipe
-from gradleak.records import InputSpec, ModelSpec
+from gradleak.models import ModelSpec
+from gradleak.records import InputSpec
 from gradleak.registry import Registry
 
 __all__ = ["SCENARIOS", "Federation", "Scenario", "combined_defenses", "hospital"]

@@ -80,7 +80,8 @@ from gradleak.fl.safefile import (
     read_safetensors_strict,
     sha256_hex,
 )
-from gradleak.records import ClientUpdate, GlobalState, ModelSpec
+from gradleak.models import ModelSpec
+from gradleak.records import ClientUpdate, GlobalState
 
 __all__ = ["FORMAT_VERSION", "RecordExistsError", "RunMismatchError", "UpdateStore", "read_safetensors_strict"]
 

@@ -21,6 +21,7 @@ from gradleak.models.convnet import ConvNet
 from gradleak.models.lenet import LeNetZhu
 from gradleak.models.mlp import MLP
 from gradleak.models.resnet import ResNetWithDropout, resnet18
+from gradleak.models.spec import ModelSpec
 from gradleak.models.vit import ViT
 from gradleak.models.weights import load_weights, read_state_dict, save_weights
 from gradleak.models.zoo import (
@@ -42,6 +43,7 @@ __all__ = [
     "ModelConfigError",
     "ModelImportError",
     "ModelRow",
+    "ModelSpec",
     "ResNetWithDropout",
     "ScheligaCNN",
     "ViT",

@@ -129,7 +129,7 @@ def build_scenario(sc: ScenarioConfig, name: str = "study") -> Any:
     """The :class:`~gradleak.fl.presets.Scenario` a scenario config describes (grid not applied)."""
     from gradleak.fl.presets import SCENARIOS, Scenario
     from gradleak.fl.recipe import LocalRecipe
-    from gradleak.records import ModelSpec
+    from gradleak.models import ModelSpec
 
     given = sc.overrides()
     recipe_changes = given.pop("recipe", {})

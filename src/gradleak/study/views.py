@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from gradleak.errors import GradleakError
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.fl.store import UpdateStore
-from gradleak.records import ClientUpdate, GlobalState, ModelSpec, ServerView
+from gradleak.models import ModelSpec
+from gradleak.records import ClientUpdate, GlobalState, ServerView
 
 __all__ = ["DataContext", "data_context", "domain_prior", "output_classes", "recipe_from_update", "server_view",
            "view_from_store"]
@@ -163,7 +164,7 @@ def view_from_store(
             raise GradleakError(f"{store.path}: the store records no model spec; say which model the clients "
                                 "train (gradleak attack --model NAME --model-option key=value)")
         model = store.model_spec
-    module = model.build() if isinstance(model, ModelSpec) else model()
+    module = model()
     if not store.has_update(round, client):
         have = store.clients(round) if round in store.rounds() else []
         raise GradleakError(f"{store.path}: no update of client {client} in round {round} (round {round} has "

@@ -1,171 +1,22 @@
-"""The imprint attack of "Robbing the Fed" (Fowl, Geiping, Czaja, Goldblum, Goldstein, ICLR 2022).
-
-A malicious server inserts an imprint module (:func:`~gradleak.attacks.imprint_model.insert_imprint`) whose rows
-all measure one linear function ``h`` with biases at the quantiles of ``h``. In the update, the difference of
-two successive rows of ``∇W`` divided by the difference of the bias gradients is the sum over the inputs whose
-``h`` falls into that bin (Eq. 4): a bin hit by exactly one input yields it verbatim, with no optimisation, from
-one client's update or from a securely aggregated sum of thousands. The sparse variant needs no difference (each
-row only sees its own bin), which keeps it exact under FedAvg's several local steps.
-
-Collisions (bins hit by several inputs) are detected and returned with ``Reconstruction.valid = False``: a
-single input's ``h`` lies in its bin, its pixels lie in ``[0, 1]`` and, for 8-bit data (``grid=255``), on the
-``k/255`` grid; a weighted mixture of several inputs fails these checks except when one input dominates it to
-within a fraction of a grey level. Identical recoveries from several rows (bins drifting under FedAvg) are
-kept once.
-
-How many inputs to expect: :func:`expected_recovery` (``"iid"``: independent inputs, the measured quantity;
-``"paper"``: Proposition 1 as printed) and :func:`one_shot_success`.
-
-Example
--------
->>> model, secrets = insert_imprint(resnet, ImprintBlock(num_bins=128), (3, 32, 32), public=public)  # doctest: +SKIP
->>> view = ServerView(..., secrets={"imprint": secrets})                                   # doctest: +SKIP
->>> reconstruction = ImprintAttack()(view)        # images in bin order, valid marks single inputs  # doctest: +SKIP
-"""
+"""The reading side of the imprint attack: bins out of the measuring layer's gradient (Eq. 4), validity checks,
+and undoing the linearised path's BatchNorm."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from gradleak.attacks.base import ATTACKS, Attack, AttackError
+from gradleak.attacks.imprint.module import ImprintBlock, insert_imprint
+from gradleak.attacks.imprint.secrets import BNStage, ImprintSecrets
 from gradleak.records import ClientUpdate, GlobalState, Reconstruction, ServerView
 
-__all__ = [
-    "BNStage",
-    "ImprintAttack",
-    "ImprintSecrets",
-    "expected_recovery",
-    "one_shot_success",
-    "recover_bins",
-    "reference_features",
-    "simulate_recovery",
-]
-
-Variant = Literal["cumulative", "sparse", "one-shot"]
-
-
-@dataclass(frozen=True)
-class BNStage:
-    """A BatchNorm on the linearised path: its name, momentum, eps and the spatial size it normalises."""
-
-    name: str
-    momentum: float | None
-    eps: float
-    spatial: tuple[int, int]
-
-
-@dataclass(frozen=True, eq=False)
-class ImprintSecrets:
-    """What the server keeps to itself and passes to the attack in ``ServerView.secrets["imprint"]``.
-
-    Attributes
-    ----------
-    weight, bias
-        Parameter names of the imprint's measuring layer (``down``).
-    variant
-        ``"cumulative"``, ``"sparse"`` or ``"one-shot"``.
-    rows
-        Row of ``down`` holding bin ``i``, bins in increasing order of ``h`` (extra decoy rows are not listed).
-    edges
-        ``k + 1`` bin edges in ``h`` units: bin ``i`` is ``[edges[i], edges[i+1])``.
-    targets
-        Per bin, whether it is meant to hold one input (the one-shot attack's large rest bin is not).
-    measurement
-        ``h``'s weights on the flattened features ``(m,)``.
-    feature_shape
-        Shape of one input of the module ``(C', H', W')``.
-    position
-        Where the module sits (``None``: before the model).
-    image_channels
-        Feature channels carrying image channels (deeper placement).
-    offset
-        Shift BatchNorm adds on the linearised path.
-    stages, spatial
-        BatchNorm layers on the linearised path, and spatial operations (``("subsample", s)``,
-        ``("maxpool", kernel, stride, padding)``) between the image and the module (see :func:`reference_features`).
-    """
-
-    weight: str
-    bias: str
-    variant: Variant
-    rows: tuple[int, ...]
-    edges: tuple[float, ...]
-    targets: tuple[bool, ...]
-    measurement: Tensor
-    feature_shape: tuple[int, ...]
-    position: str | None = None
-    image_channels: int = 0
-    offset: float = 0.0
-    stages: tuple[BNStage, ...] = ()
-    spatial: tuple[tuple[object, ...], ...] = ()
-
-    @property
-    def num_bins(self) -> int:
-        return len(self.rows)
-
-
-def reference_features(images: Tensor, secrets: ImprintSecrets) -> Tensor:
-    """The originals ``(N, C, H, W)`` in ``[0, 1]`` downsampled exactly as the linearised path downsamples them.
-
-    BatchNorm acts per channel and increasingly, so it commutes with strided subsampling and max-pooling: the
-    attack's de-normalised recovery of a deeper placement is compared with this.
-    """
-    x = images
-    for op in secrets.spatial:
-        if op[0] == "subsample":
-            x = x[..., :: int(op[1]), :: int(op[1])]  # type: ignore[call-overload]
-        else:
-            x = nn.functional.max_pool2d(x, op[1], op[2], op[3])  # type: ignore[arg-type]
-    return x
-
-
-def expected_recovery(n: int, k: int, model: Literal["paper", "iid"] = "iid") -> float:
-    """Expected number of inputs alone in their bin, for ``n`` inputs and ``k`` bins of equal mass.
-
-    ``"iid"``: inputs fall into bins independently and uniformly, ``n (1 − 1/k)^(n−1)`` — what a batch of
-    independent inputs gives, and what :func:`simulate_recovery` and the attack measure.
-    ``"paper"``: Proposition 1 of Fowl et al. (2022) exactly as printed, in exact rational arithmetic. It counts
-    bin-occupancy configurations as equally likely (stars and bars), which independent inputs do not make
-    them, and subtracts an ``n/k`` tail; it is lower (``n=64, k=128``: 28.17 against 39.05) and is only
-    stated for ``k > n > 2``.
-    """
-    if n < 0 or k < 1:
-        raise ValueError(f"need n >= 0 and k >= 1, got n={n}, k={k}")
-    if model == "iid":
-        return n * (1 - 1 / k) ** (n - 1) if n else 0.0
-    if model != "paper":
-        raise ValueError(f"model must be 'paper' or 'iid', got {model!r}")
-    if not k > n > 2:
-        raise ValueError(f"Proposition 1 is stated for k > n > 2, got n={n}, k={k}")
-    total = 0
-    for i in range(1, n - 1):
-        inner = sum(math.comb(k - i, j) * math.comb(n - i - j - 1, j - 1) for j in range(1, (n - i) // 2 + 1))
-        total += i * math.comb(k, i) * inner
-    configurations = math.comb(k + n - 1, k - 1)
-    value = Fraction(total, configurations) + Fraction(n * math.comb(k, n), configurations) - Fraction(n, k)
-    return float(value)
-
-
-def one_shot_success(n: int, mass: float) -> float:
-    """Probability that exactly one of ``n`` independent inputs falls into a bin of probability ``mass``."""
-    return n * mass * (1 - mass) ** (n - 1)
-
-
-def simulate_recovery(n: int, k: int, draws: int, generator: torch.Generator | None = None
-                      ) -> tuple[float, float]:
-    """Monte-Carlo of bin occupancy: mean and standard error of the number of singly occupied bins."""
-    counts = torch.zeros(draws, k, dtype=torch.int32)
-    bins = torch.randint(k, (draws, n), generator=generator)
-    counts.scatter_add_(1, bins, torch.ones_like(bins, dtype=torch.int32))
-    singles = (counts == 1).sum(1).double()
-    return float(singles.mean()), float(singles.std() / math.sqrt(draws))
+__all__ = ["ImprintAttack", "recover_bins"]
 
 
 def recover_bins(weight_grad: Tensor, bias_grad: Tensor, secrets: ImprintSecrets, *, rtol: float = 1e-6
@@ -192,10 +43,10 @@ def recover_bins(weight_grad: Tensor, bias_grad: Tensor, secrets: ImprintSecrets
 class ImprintAttack(Attack):
     """Read inputs out of an imprint module's gradient (Fowl et al. 2022, Eq. 4; sparse and one-shot variants).
 
-    Needs ``view.secrets["imprint"]`` (:class:`~gradleak.attacks.imprint_model.ImprintSecrets`). Each update of
+    Needs ``view.secrets["imprint"]`` (:class:`~gradleak.attacks.imprint.ImprintSecrets`). Each update of
     the view is attacked separately (pass a securely aggregated update as one). Images come in bin order,
     ``valid`` marks single inputs; a deeper placement returns downsampled images (compare with
-    :func:`~gradleak.attacks.imprint_model.reference_features`).
+    :func:`~gradleak.attacks.imprint.reference_features`).
 
     Parameters
     ----------
@@ -213,7 +64,7 @@ class ImprintAttack(Attack):
     include_collisions
         Return collisions too (``valid = False``, clamped to ``[0, 1]``); otherwise only valid recoveries.
     block, position
-        The module :meth:`modify_model` inserts (an :class:`~gradleak.attacks.imprint_model.ImprintBlock` or
+        The module :meth:`modify_model` inserts (an :class:`~gradleak.attacks.imprint.ImprintBlock` or
         its options as a dict; default ``ImprintBlock()``: 128 brightness bins) and where
         (``None``: before the model; ``"layer1"``..``"layer4"`` of a ResNet). Only used by the malicious
         server's modification (``threat="malicious-model"``); the reading side needs only the secrets.
@@ -232,8 +83,6 @@ class ImprintAttack(Attack):
     modifies_model = True
 
     def __post_init__(self) -> None:
-        from gradleak.attacks.imprint_model import ImprintBlock
-
         if self.block is None:
             object.__setattr__(self, "block", ImprintBlock())
         elif isinstance(self.block, Mapping):
@@ -243,10 +92,8 @@ class ImprintAttack(Attack):
 
     def modify_model(self, model: nn.Module, image_shape: tuple[int, int, int], *, public: Tensor | None = None,
                      generator: torch.Generator | None = None) -> tuple[nn.Module, dict[str, Any]]:
-        """Insert the imprint module (:func:`~gradleak.attacks.imprint_model.insert_imprint`); bins from the
+        """Insert the imprint module (:func:`~gradleak.attacks.imprint.insert_imprint`); bins from the
         empirical CDF of ``public`` (normalised images the server holds) when the block's distribution asks."""
-        from gradleak.attacks.imprint_model import insert_imprint
-
         if public is None and self.block.distribution == "empirical":
             raise AttackError("imprint: the empirical bin distribution needs public data the server holds "
                               "(simulate_and_attack(public=...)), or use block={'distribution': 'gaussian'}")

@@ -10,7 +10,7 @@ connection keeps the model's output shape and (with a small ``gain``) its functi
 
 The server calls :func:`insert_imprint`, which returns the modified model — an ordinary ``nn.Module`` built from
 ``nn.Linear``, ``nn.ReLU``/``nn.Hardtanh`` and ``nn.Sequential``, which is all the clients see — and the
-:class:`~gradleak.attacks.imprint.ImprintSecrets` (layer names, bin edges, row order, shapes) that it hands to
+:class:`~gradleak.attacks.imprint.secrets.ImprintSecrets` (layer names, bin edges, row order, shapes) that it hands to
 :class:`~gradleak.attacks.imprint.ImprintAttack` through ``ServerView.secrets["imprint"]``.
 
 Placement: before the model (``position=None``), or before ``layer1``..``layer4`` of a torchvision-style ResNet
@@ -30,11 +30,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from gradleak.attacks.imprint import BNStage, ImprintSecrets, Variant
+from gradleak.attacks.imprint.secrets import BNStage, ImprintSecrets, Variant
 
 __all__ = [
     "ImprintBlock",
-    "LinearBottleneck",
+    "ImprintBottleneck",
     "bin_edges",
     "insert_imprint",
     "linearize_resnet",
@@ -47,7 +47,7 @@ RESNET_POSITIONS = ("layer1", "layer2", "layer3", "layer4")
 _TAIL = 1e-9  # probability mass left outside the outermost edges of a parametric distribution
 
 
-class LinearBottleneck(nn.Module):
+class ImprintBottleneck(nn.Module):
     """``x + up(act(down(flatten(x))))`` reshaped to ``x``'s shape (no skip: without the ``x +``)."""
 
     def __init__(self, feature_shape: tuple[int, ...], hidden: int, act: nn.Module, skip: bool = True) -> None:
@@ -197,7 +197,7 @@ class ImprintBlock:
         return torch.linspace(0.0, 1.0, self.num_bins + 1, dtype=torch.float64)
 
     def build(self, feature_shape: tuple[int, ...], h_values: Tensor | None, w: Tensor,
-              generator: torch.Generator | None = None) -> tuple[LinearBottleneck, dict[str, object]]:
+              generator: torch.Generator | None = None) -> tuple[ImprintBottleneck, dict[str, object]]:
         """The module for inputs of ``feature_shape`` measured by ``w``, and its secrets (rows, edges)."""
         edges = bin_edges(self.probabilities(), self.distribution, values=h_values, loc=self.loc,
                           scale=self.scale)
@@ -209,7 +209,7 @@ class ImprintBlock:
         order = torch.randperm(total, generator=generator) if self.permute else torch.arange(total)
         m = w.numel()
         sparse = self.variant == "sparse"
-        module = LinearBottleneck(feature_shape, total, nn.Hardtanh(0.0, self.c0) if sparse else nn.ReLU(),
+        module = ImprintBottleneck(feature_shape, total, nn.Hardtanh(0.0, self.c0) if sparse else nn.ReLU(),
                                   skip=self.skip)
         c0 = self.c0
         v = torch.randn(m, generator=generator, dtype=torch.float64)
