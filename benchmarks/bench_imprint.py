@@ -92,7 +92,7 @@ def fedsgd_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Lo
 def view_of(model: nn.Module, state: GlobalState, update: ClientUpdate, secrets: ImprintSecrets,
             shape: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> ServerView:
     return ServerView(model=lambda: copy.deepcopy(model), global_state=state, updates=[update], image_shape=shape,
-                      num_classes=10, mean=mean, std=std, secrets={"imprint": secrets})
+                      num_classes=10, mean=mean, std=std, secrets=secrets)
 
 
 def occupancy(x_norm: torch.Tensor, secrets: ImprintSecrets) -> torch.Tensor:
@@ -173,7 +173,7 @@ def bench_fedsgd(batches: int) -> dict[str, Any]:
                                      threat="malicious-model", public=public, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                                      generator=torch.Generator().manual_seed(b))
         total_s = time.perf_counter() - start
-        secrets = result.views[0].secrets["imprint"]
+        secrets = result.views[0].secrets
         counts = occupancy(normalize(x, CIFAR10_MEAN, CIFAR10_STD), secrets)
         rec = result.reconstruction
         row = grade(rec, x) | {"singleton_bins": int((counts == 1).sum()), "audit_verbatim": result.metrics["verbatim"],

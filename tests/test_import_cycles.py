@@ -1,9 +1,10 @@
 """No import cycle inside ``gradleak``, function-level imports included.
 
-Every ``import``/``from ... import`` statement anywhere in a module (top level, inside functions, under
-``TYPE_CHECKING``) is an edge to the ``gradleak`` modules it names; a package's ``__init__`` is a module of its own.
-An edge from a module to a package that contains it is left out (Python initialises the parent first). The graph
-must have no strongly connected component of more than one module.
+Every ``import``/``from ... import`` statement that runs (top level or inside functions; not the type checker's
+``if TYPE_CHECKING:`` blocks) is an edge to the ``gradleak`` modules it loads: the modules it names and the packages
+above them, whose ``__init__`` Python runs first. An edge from a module to a package that contains it is left out
+(that package is already initialising). The graph must have no strongly connected component of more than one
+module.
 """
 
 from __future__ import annotations
@@ -39,7 +40,26 @@ def _targets(module: str, path: Path, node: ast.Import | ast.ImportFrom, known: 
         else:
             prefix = node.module or ""
         names = [prefix, *(f"{prefix}.{alias.name}" for alias in node.names)]
-    return {n for n in names if n in known}
+    loaded = set()
+    for name in names:
+        parts = name.split(".")
+        loaded |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {n for n in loaded if n in known}
+
+
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements outside ``if TYPE_CHECKING:`` blocks."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return found
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -48,9 +68,8 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
         edges: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                edges |= _targets(module, path, node, known)
+        for node in _runtime_imports(ast.parse(path.read_text(), filename=str(path))):
+            edges |= _targets(module, path, node, known)
         graph[module] = {t for t in edges if t != module and not module.startswith(t + ".")}
     return graph
 
@@ -123,5 +142,20 @@ def test_no_import_cycle_in_gradleak() -> None:
 
 
 def test_records_is_a_leaf() -> None:
-    """The data contracts import nothing else of gradleak: every other package may use them."""
+    """The data contracts import nothing else of gradleak when they run (their annotations name types of other
+    packages for the type checker only): every other package may use them."""
     assert import_graph()["gradleak.records"] == set()
+
+
+def test_parent_packages_and_type_checking_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "gradleak"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from gradleak.sub.leaf import x\n")
+    (package / "sub" / "leaf.py").write_text("from gradleak import base\nx = 1\n")
+    (package / "base.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                     "    from gradleak.sub.leaf import x\n")
+    monkeypatch.setitem(globals(), "SRC", tmp_path)
+    assert cycles(import_graph()) == []  # base's import is for the type checker only
+    (package / "base.py").write_text("from gradleak.sub.leaf import x\n")  # runs gradleak.sub's __init__ first
+    assert cycles(import_graph()) == [["gradleak.base", "gradleak.sub", "gradleak.sub.leaf"]]

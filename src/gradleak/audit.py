@@ -28,6 +28,7 @@ from torch import Tensor, nn
 # importing the attack modules registers them
 import gradleak.attacks  # noqa: F401  (registers every attack)
 from gradleak.attacks.base import ATTACKS, Attack
+from gradleak.attacks.imprint.secrets import ImprintSecrets
 from gradleak.attacks.replay import ReplayAttack
 from gradleak.data.transforms import normalize
 from gradleak.errors import GradleakError
@@ -248,7 +249,7 @@ def simulate_and_attack(
     client_model = model
     for defense in stages["model"]:
         client_model = defense.apply(client_model)
-    secrets: dict[str, Any] = {}
+    secrets: ImprintSecrets | None = None
     if granted.malicious_model:
         server_public = None if public is None else normalize(public.float(), mean, std)
         client_model, secrets = attack.modify_model(client_model, image_shape, public=server_public,
@@ -290,7 +291,7 @@ def simulate_and_attack(
             views.append(ServerView(
                 updates=(update,), batch_size=client_recipe.batch_size, num_images=len(idx), recipe=client_recipe,
                 labels=labels[idx] if granted.labels else None,
-                extra={"noise": noise} if granted.client_noise else {}, **common))
+                client_noise=noise if granted.client_noise else None, **common))
 
     attack_generator = torch.Generator().manual_seed(attack_seed)
     if isinstance(attack, ReplayAttack):

@@ -6,13 +6,16 @@ receives them; a stage that changes something returns a new record (``dataclasse
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # types only: records imports nothing of gradleak when it runs
+    from gradleak.attacks.imprint.secrets import ImprintSecrets
+    from gradleak.defenses.base import Defense
+    from gradleak.fl.recipe import LocalRecipe
 
 __all__ = [
     "AGGREGATE_CLIENT",
@@ -156,15 +159,17 @@ class ServerView:
     batch_size, num_images
         Batch size and number of local examples, when known.
     recipe
-        The client's local training recipe (a ``gradleak.fl.LocalRecipe``), when known.
+        The client's local training recipe, when known.
     defenses
         Defenses the attacker knows are in use.
     prior
         A prior image (domain prior) the attacker holds, in ``[0, 1]``.
     secrets
-        For a malicious server: the parameters of the modification it sent (imprint bins, layer names, ...).
-    extra
-        Anything else the threat model grants (public buffers, the client's noise for a well-informed attack).
+        For a malicious server: what it keeps of the modification it sent (the imprint module's layer names,
+        bins and shapes).
+    client_noise
+        The client's randomness by noise key (dropout masks, bottleneck ε, DP noise), for a well-informed attacker
+        (threat ``"well-informed"``).
     """
 
     model: Callable[[], nn.Module]
@@ -177,11 +182,11 @@ class ServerView:
     labels: Tensor | None = None
     batch_size: int | None = None
     num_images: int | None = None
-    recipe: Any | None = None
-    defenses: tuple[Any, ...] = ()
+    recipe: LocalRecipe | None = None
+    defenses: tuple[Defense, ...] = ()
     prior: Tensor | None = None
-    secrets: Mapping[str, Any] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    secrets: ImprintSecrets | None = None
+    client_noise: Mapping[str, Tensor] | None = None
 
     def build_model(self) -> nn.Module:
         """A fresh module of the clients' architecture loaded with the view's global state."""
@@ -252,22 +257,8 @@ class Reconstruction:
         if self.valid is not None and self.valid.shape != (self.images.shape[0],):
             raise ValueError("valid must have one entry per image")
 
-    def with_images(self, images: Tensor) -> Reconstruction:
-        """A copy with other images (used e.g. to reorder by an assignment)."""
-        return dataclasses.replace(self, images=images)
-
-
-def clone_tensors(tensors: Mapping[str, Tensor]) -> TensorDict:
-    """Detached, contiguous copies of a tensor mapping (stages never share storage they might mutate)."""
-    return {k: v.detach().clone().contiguous() for k, v in tensors.items()}
-
 
 def in_layer(name: str, layer: str) -> bool:
     """True when parameter ``name`` is ``layer`` itself or one of the module ``layer``'s parameters
     (``"features.block2"`` holds ``"features.block2.conv.weight"``, not ``"features.block20.bias"``)."""
     return name == layer or name.startswith(layer + ".")
-
-
-def is_finite(tensors: Mapping[str, Tensor]) -> bool:
-    """True when every floating tensor is free of NaN and inf."""
-    return all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point())

@@ -66,10 +66,14 @@ class Registry(Generic[T]):
     ----------
     kind
         What the registry holds ("model", "attack", ...); used in error messages.
+    named
+        The registry holds classes whose ``name`` attribute is their registered name: :meth:`register` sets it
+        (attacks and defenses report it in their results), and refuses anything but a class.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, named: bool = False) -> None:
         self.kind = kind
+        self.named = named
         self._factories: dict[str, Callable[..., T]] = {}
         self._help: dict[str, str] = {}
 
@@ -81,6 +85,10 @@ class Registry(Generic[T]):
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            if self.named:
+                if not isinstance(factory, type):
+                    raise TypeError(f"the {self.kind} registry holds classes; {factory!r} is not one")
+                factory.name = name  # type: ignore[attr-defined]
             self._factories[name] = factory
             doc = help if help is not None else (factory.__doc__ or "")
             self._help[name] = first_sentence(doc) if doc.strip() else ""

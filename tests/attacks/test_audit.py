@@ -78,7 +78,7 @@ def test_defenses_by_stage(cnn) -> None:
     assert isinstance(view.recipe.step_transforms[-1], DPSGD)
     assert [d.name for d in view.defenses] == ["dropout", "dp-sgd", "local-gaussian"]
     # well-informed: the client's dropout masks are handed over; clipping to norm 1 bounds the step
-    noise = view.extra["noise"]
+    noise = view.client_noise
     mask = noise["dropout@0"]
     assert mask.shape == (1, view.build_model().classifier.in_features) and set(mask.unique().tolist()) <= {0, 1}
     assert {k.split("/")[0] for k in noise} == {"dropout@0", "dp-sgd"}
@@ -121,7 +121,7 @@ def test_imprint_through_simulate_and_attack() -> None:
                                  attack_options={"block": {"num_bins": 64}}, threat="malicious-model",
                                  public=public, mean=ds.mean, std=ds.std)
     (view,) = result.views
-    secrets = view.secrets["imprint"]
+    secrets = view.secrets
     assert secrets.num_bins == 64
     # the inputs alone in their bin, counted from the originals' measurement h and the secret bin edges
     h = ((x - ds.mean[0]) / ds.std[0]).flatten(1).double() @ secrets.measurement

@@ -66,7 +66,7 @@ def attack_view(model: nn.Module, secrets: ImprintSecrets, pixels: torch.Tensor,
     update = ClientUpdate(0, 0, out.delta(params), out.buffers if keep_buffers else {}, num_examples=len(x))
     return ServerView(model=lambda: copy.deepcopy(model), global_state=GlobalState(0, params, buffers),
                       updates=[update], image_shape=SHAPE, num_classes=10, mean=MEAN, std=STD,
-                      secrets={"imprint": secrets})
+                      secrets=secrets)
 
 
 def occupancy(pixels: torch.Tensor, secrets: ImprintSecrets) -> Counter[int]:

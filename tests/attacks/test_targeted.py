@@ -41,7 +41,7 @@ def test_registered_and_cdia_picks_components_from_the_view() -> None:
     model = views[0].build_model()
     tg = CDIA().targeting(views, model, views[0].recipe, 1)
     assert set(tg.leaves) == {"dropout@0", "cvb@0"}  # masks and epsilon optimised
-    assert set(tg.fixed[0]) == {k for k in views[0].extra.get("noise", tg.fixed[0]) if k.startswith("dp-sgd/")}
+    assert set(tg.fixed[0]) == {k for k in (views[0].client_noise or tg.fixed[0]) if k.startswith("dp-sgd/")}
     assert all(float(v.abs().sum()) == 0 for v in tg.fixed[0].values())  # DP noise replaced by its mean
     assert not any(isinstance(t, StepPrune) for t in tg.recipe.step_transforms)  # mask instead of re-pruning
     assert any(isinstance(t, DPSGD) for t in tg.recipe.step_transforms)
@@ -70,13 +70,13 @@ def test_wiig_with_the_true_noise_reproduces_the_update() -> None:
 def test_vbia_and_dpia_objectives_vanish_at_the_true_noise() -> None:
     views, x, _ = views_of(["cvb"], threat="well-informed")
     truth = x.view(2, 1, *x.shape[1:])
-    eps = torch.stack([v.extra["noise"]["cvb@0"] for v in views])
+    eps = torch.stack([v.client_noise["cvb@0"] for v in views])
     assert float(VBIA(tv=0.0).evaluate(views, truth, noise={"cvb@0": eps}).max()) < 1e-5
     assert float(VBIA(tv=0.0).evaluate(views, truth, noise={"cvb@0": -eps}).min()) > 1e-3
     views, x, _ = views_of(["dp-sgd"], threat="well-informed")
     std = DPSGD().noise_multiplier * DPSGD().clip
-    keys = [k for k in views[0].extra["noise"] if k.startswith("dp-sgd/")]
-    xi = {k: torch.stack([v.extra["noise"][k] for v in views]) / std for k in keys}
+    keys = [k for k in views[0].client_noise if k.startswith("dp-sgd/")]
+    xi = {k: torch.stack([v.client_noise[k] for v in views]) / std for k in keys}
     zeros = {k: torch.zeros_like(v) for k, v in xi.items()}
     attack = DPIA(tv=0.0, dp_reg=0.0)
     assert float(attack.evaluate(views, truth, noise=xi).max()) < 1e-5

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 from gradleak.errors import GradleakError
 from gradleak.records import Reconstruction, ServerView
 from gradleak.registry import Registry
+
+if TYPE_CHECKING:
+    from gradleak.attacks.imprint.secrets import ImprintSecrets
 
 __all__ = ["ATTACKS", "Attack", "AttackError"]
 
@@ -74,7 +77,7 @@ class Attack(ABC):
         """The attack itself: images in ``[0, 1]`` pixel space, labels, trials, loss trace, iterations."""
 
     def modify_model(self, model: nn.Module, image_shape: tuple[int, int, int], *, public: Tensor | None = None,
-                     generator: torch.Generator | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                     generator: torch.Generator | None = None) -> tuple[nn.Module, ImprintSecrets]:
         """The model a malicious server sends instead of ``model`` and the secrets it keeps (for
         ``ServerView.secrets``). ``public``: normalised images the server holds (never the attacked ones)."""
         raise AttackError(f"{type(self).__name__} does not modify the model; it attacks honest updates "
@@ -101,4 +104,4 @@ class Attack(ABC):
         return {}
 
 
-ATTACKS: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack", named=True)

@@ -21,7 +21,6 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from gradleak.attacks.base import ATTACKS
 from gradleak.attacks.replay import ReplayAttack
@@ -34,7 +33,6 @@ __all__ = ["DLG", "IDLG"]
 class DLG(ReplayAttack):
     """Zhu et al. 2019 (DLG): squared-L2 gradient matching with L-BFGS and jointly optimised soft labels."""
 
-    name: ClassVar[str] = "dlg"
     iterations: int = 500
     objective: str = "l2"
     optimizer: str = "lbfgs"
@@ -51,5 +49,4 @@ class DLG(ReplayAttack):
 class IDLG(DLG):
     """Zhao et al. 2020 (iDLG): the label from the last layer's gradient sign, then DLG with it fixed."""
 
-    name: ClassVar[str] = "idlg"
     labels: str = "idlg"

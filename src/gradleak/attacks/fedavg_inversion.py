@@ -44,7 +44,6 @@ __all__ = ["FedAvgInversion"]
 class FedAvgInversion(ReplayAttack):
     """Hatamizadeh et al. 2023: replay of the local iterations with BN re-estimation; update + BN + priors."""
 
-    name: ClassVar[str] = "fedavg-inversion"
     needs_recipe: ClassVar[bool] = True
     iterations: int = 1000
     objective: str = "l2-norm"

@@ -23,7 +23,6 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from gradleak.attacks.base import ATTACKS
 from gradleak.attacks.replay import ReplayAttack
@@ -36,7 +35,6 @@ __all__ = ["GradInversion"]
 class GradInversion(ReplayAttack):
     """Yin et al. 2021: squared-L2 matching + TV, l2, BN-statistics prior and group consistency; Yin labels."""
 
-    name: ClassVar[str] = "gradinversion"
     iterations: int = 2000
     objective: str = "l2"
     optimizer: str = "adam"

@@ -33,7 +33,6 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from gradleak.attacks.base import ATTACKS
 from gradleak.attacks.replay import ReplayAttack
@@ -46,7 +45,6 @@ __all__ = ["InvertingGradients"]
 class InvertingGradients(ReplayAttack):
     """Geiping et al. 2020: cosine matching, TV, signed Adam with step decay, box constraints, restarts."""
 
-    name: ClassVar[str] = "inverting-gradients"
     iterations: int = 4800
     objective: str = "cosine"
     optimizer: str = "adam"

@@ -11,7 +11,7 @@ Convolutional Variational Bottlenecks", 2024b (the "ignore" attack, here PIG).
 Every attack here is :class:`~gradleak.attacks.inverting_gradients.InvertingGradients` (same loop, objective,
 priors and defaults) plus a :class:`~gradleak.attacks.replay.Targeting` of the replay:
 
-- ``wiig``: the client's true randomness (``view.extra["noise"]``, threat ``"well-informed"``) is injected.
+- ``wiig``: the client's true randomness (``view.client_noise``, threat ``"well-informed"``) is injected.
 - ``dia``: the dropout masks are optimised with the images, initialised Bernoulli(1 - p), clipped to [0, 1],
   with the mask-rate regulariser ``mask_reg · |mean(ψ) - (1 - p)|`` per dropout layer.
 - ``pig``: the stochastic gradients are left out: those of the variational bottleneck's decoder and of every
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from gradleak.attacks.base import ATTACKS, AttackError
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.replay import Targeting
-from gradleak.defenses.modules import CVB, PRECODE, DropoutDefense, _Bottleneck
+from gradleak.defenses.modules import CVB, PRECODE, DropoutDefense, VariationalBottleneck
 from gradleak.defenses.step import DPSGD, StepPrune
 from gradleak.defenses.update import PruneUpdate
 from gradleak.fl.local import LocalData, local_update
@@ -61,7 +61,6 @@ __all__ = ["CDIA", "DIA", "DPIA", "GPIA", "PIG", "VBIA", "WIIG", "TargetedAttack
            "named_parameters_of", "noise_shapes"]
 
 TensorDict = dict[str, Tensor]
-COMPONENTS = ("dropout", "bottleneck", "pruning", "dp-noise", "dp-mean", "true-noise", "ignore")
 
 
 def noise_shapes(model: nn.Module, view: ServerView, recipe: LocalRecipe, n: int) -> dict[str, torch.Size]:
@@ -81,7 +80,7 @@ def after_bottleneck(model: nn.Module, view: ServerView, recipe: LocalRecipe, n:
 
 
 def _after_bottleneck(model: nn.Module, order: dict[str, int]) -> frozenset[str]:
-    decoders = [f"{name}.decoder" for name, m in model.named_modules() if isinstance(m, _Bottleneck)]
+    decoders = [f"{name}.decoder" for name, m in model.named_modules() if isinstance(m, VariationalBottleneck)]
     starts = [order[d] for d in decoders if d in order]
     if not starts:
         return frozenset()
@@ -187,17 +186,17 @@ class TargetedAttack(InvertingGradients):
         ignore: frozenset[str] = frozenset()
         modules = dict(model.named_modules())
         drop_rate = {name: m.p for name, m in modules.items() if isinstance(m, nn.Dropout) and m.p > 0}
-        vb_names = {m.noise_name for m in modules.values() if isinstance(m, _Bottleneck)}
+        vb_names = {m.noise_name for m in modules.values() if isinstance(m, VariationalBottleneck)}
         dp_keys = [k for k in shapes if _base(k).startswith("dp-sgd/")]
 
         if "true-noise" in parts:
             for i, v in enumerate(views):
-                given = v.extra.get("noise")
-                if not isinstance(given, dict):
-                    raise AttackError("wiig needs the client's noise in view.extra['noise'] (threat 'well-informed')")
+                given = v.client_noise
+                if given is None:
+                    raise AttackError("wiig needs the client's noise in view.client_noise (threat 'well-informed')")
                 missing = set(shapes) - set(given)
                 if missing:
-                    raise AttackError(f"view.extra['noise'] lacks {sorted(missing)}")
+                    raise AttackError(f"view.client_noise lacks {sorted(missing)}")
                 fixed[i] = {k: given[k] for k in shapes}
         if "dropout" in parts:
             keys = [k for k in shapes if _base(k) in drop_rate]
@@ -269,9 +268,8 @@ def _normal(shape: torch.Size):
 @dataclass(frozen=True)
 class WIIG(TargetedAttack):
     """Well-Informed Inverting Gradients (Scheliga et al. 2023, 2024 Sec. 4.1): the replay uses the client's
-    true dropout masks, bottleneck ε and DP noise from ``view.extra["noise"]`` (threat ``"well-informed"``)."""
+    true dropout masks, bottleneck ε and DP noise from ``view.client_noise`` (threat ``"well-informed"``)."""
 
-    name: ClassVar[str] = "wiig"
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"true-noise"})
@@ -282,7 +280,6 @@ class WIIG(TargetedAttack):
 class DIA(TargetedAttack):
     """Dropout Inversion Attack (Scheliga et al. 2023): dropout masks optimised jointly with the images."""
 
-    name: ClassVar[str] = "dia"
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"dropout"})
@@ -300,7 +297,6 @@ class PIG(TargetedAttack):
     e.g. ``["features.block1.cvb.decoder", "features.block2", "features.block3", "classifier"]``. It also
     makes ``pig`` usable on a model whose stochastic layers are not a gradleak bottleneck."""
 
-    name: ClassVar[str] = "pig"
     ignore: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -324,7 +320,6 @@ class GPIA(TargetedAttack):
     """Gradient Pruning Inversion Attack (Scheliga et al. 2024, Sec. 4.2, Eq. 2): the client's pruning mask,
     read from the zeros of the received update, is applied to the dummy update."""
 
-    name: ClassVar[str] = "gpia"
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"pruning"})
@@ -336,7 +331,6 @@ class VBIA(TargetedAttack):
     """Variational Bottleneck Inversion Attack (Scheliga et al. 2024, Sec. 4.3): PRECODE's/CVB's
     reparameterisation ε optimised jointly with the images."""
 
-    name: ClassVar[str] = "vbia"
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"bottleneck"})
@@ -348,7 +342,6 @@ class DPIA(TargetedAttack):
     """Differential Privacy Inversion Attack (Scheliga et al. 2024, Sec. 4.1): a dummy DP noise optimised
     jointly with the images, regularised towards the DP noise's mean 0 and scale σC."""
 
-    name: ClassVar[str] = "dpia"
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"dp-noise"})
@@ -360,7 +353,6 @@ class CDIA(TargetedAttack):
     """Combined Defenses Inversion Attack (Scheliga et al. 2024, Sec. 4.4, Algorithm 2): every targeted
     component that applies to the defenses listed in ``view.defenses``; plain IG with none."""
 
-    name: ClassVar[str] = "cdia"
 
     def components(self, view: ServerView) -> frozenset[str]:
         parts = set()

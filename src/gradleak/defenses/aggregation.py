@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from gradleak.defenses.base import Defense, _register
+from gradleak.defenses.base import DEFENSES, Defense
 from gradleak.records import AGGREGATE_CLIENT, ClientUpdate
 
 __all__ = ["SecureAggregation", "secure_sum"]
@@ -41,7 +41,7 @@ def secure_sum(updates: Sequence[ClientUpdate]) -> ClientUpdate:
                         metadata={"secure_aggregate_of": len(updates)})
 
 
-@_register("secure-aggregation")
+@DEFENSES.register("secure-aggregation")
 @dataclass(frozen=True)
 class SecureAggregation(Defense):
     """The server receives only the aggregate of the sampled clients' updates (see :func:`secure_sum`)."""

@@ -47,15 +47,7 @@ class Defense:
         return {"name": self.name, "options": {f.name: getattr(self, f.name) for f in fields(self)}}
 
 
-DEFENSES: Registry[Defense] = Registry("defense")
-
-
-def _register(name: str):
-    def decorator(cls):
-        cls.name = name
-        return DEFENSES.register(name)(cls)
-
-    return decorator
+DEFENSES: Registry[Defense] = Registry("defense", named=True)
 
 
 def resolve_defenses(defenses: Iterable[str | Defense | dict[str, Any]]) -> list[Defense]:

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradleak.defenses.base import Defense, _register
+from gradleak.defenses.base import DEFENSES, Defense
 from gradleak.fl import noise as noise_mod
 
-__all__ = ["CVB", "PRECODE", "ConvBottleneck", "DropoutDefense", "FlatBottleneck", "LinearBottleneck"]
+__all__ = ["CVB", "PRECODE", "ConvBottleneck", "DropoutDefense", "FlatBottleneck", "LinearBottleneck",
+           "VariationalBottleneck"]
 
 
 def _kl_standard_normal(mu: Tensor, sigma: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def _kl_standard_normal(mu: Tensor, sigma: Tensor) -> Tensor:
     return kl.sum(1).mean()
 
 
-class _Bottleneck(nn.Module):
+class VariationalBottleneck(nn.Module):
     """β ~ N(μ, σ²) by reparameterisation (Kingma & Welling 2014); ε from the injectable noise; KL·beta is
     added to the training loss. In eval mode the mean μ is used."""
 
@@ -47,7 +48,7 @@ class _Bottleneck(nn.Module):
         return mu + sigma * eps
 
 
-class LinearBottleneck(_Bottleneck):
+class LinearBottleneck(VariationalBottleneck):
     """PRECODE (Scheliga et al. 2022): fully connected encoder to μ and softplus σ of ``latent`` units, a
     fully connected decoder back to ``in_features``."""
 
@@ -72,7 +73,7 @@ class FlatBottleneck(LinearBottleneck):
         return super().forward(z.flatten(1)).view(z.shape)
 
 
-class ConvBottleneck(_Bottleneck):
+class ConvBottleneck(VariationalBottleneck):
     """CVB (Scheliga et al. 2024b): ``kernel_size`` convolutions ('same' padding) to μ and σ with ``latent``
     channels (C/2 by default), a 1×1 convolution back to ``channels``. σ = softplus(clamp(s, -5, 5)) as in the
     authors' released code (the clamp bounds σ)."""
@@ -111,7 +112,7 @@ def _classifier_path(model: nn.Module) -> str:
                      "pass `before=` with its module path")
 
 
-@_register("dropout")
+@DEFENSES.register("dropout")
 @dataclass(frozen=True)
 class DropoutDefense(Defense):
     """Dropout before the classifier at rate ``rate`` (Scheliga et al. 2023; default 0.25 as in 2024).
@@ -136,7 +137,7 @@ class DropoutDefense(Defense):
         return out
 
 
-@_register("precode")
+@DEFENSES.register("precode")
 @dataclass(frozen=True)
 class PRECODE(Defense):
     """PRECODE before the classifier (Scheliga et al. 2022): latent 256, KL weight ``beta``.
@@ -187,7 +188,7 @@ class PRECODE(Defense):
         return out
 
 
-@_register("cvb")
+@DEFENSES.register("cvb")
 @dataclass(frozen=True)
 class CVB(Defense):
     """Convolutional variational bottleneck after ``after`` (default: the CNN's first conv block), with C/2

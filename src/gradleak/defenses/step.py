@@ -7,14 +7,14 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from gradleak.defenses.base import Defense, _register
+from gradleak.defenses.base import DEFENSES, Defense
 from gradleak.defenses.functional import clip_per_sample, gaussian_like, prune_by_magnitude
 from gradleak.fl import noise as noise_mod
 
 __all__ = ["DPSGD", "StepPrune"]
 
 
-@_register("dp-sgd")
+@DEFENSES.register("dp-sgd")
 @dataclass(frozen=True)
 class DPSGD(Defense):
     """DP-SGD (Abadi et al. 2016): clip every example's gradient to norm ``clip``, sum, add Gaussian noise
@@ -47,7 +47,7 @@ class DPSGD(Defense):
         return out
 
 
-@_register("prune")
+@DEFENSES.register("prune")
 @dataclass(frozen=True)
 class StepPrune(Defense):
     """Gradient pruning (Lin et al. 2018, DGC; Zhu et al. 2019): at every local step, zero the ``rate``

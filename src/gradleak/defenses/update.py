@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from gradleak.defenses.base import Defense, _register
+from gradleak.defenses.base import DEFENSES, Defense
 from gradleak.defenses.functional import gaussian_like, laplace_like, percentile_scale, prune_by_magnitude
 from gradleak.records import ClientUpdate, in_layer
 
@@ -19,7 +19,7 @@ def _with_delta(update: ClientUpdate, delta: dict) -> ClientUpdate:
     return dataclasses.replace(update, delta=delta, metadata=dict(update.metadata))
 
 
-@_register("local-gaussian")
+@DEFENSES.register("local-gaussian")
 @dataclass(frozen=True)
 class LocalGaussian(Defense):
     """Local Gaussian noise of Hatamizadeh et al. (2023), Sec. II-C: σ = σ0 × the ``percentile``-th
@@ -57,7 +57,7 @@ class LocalGaussian(Defense):
         return _with_delta(update, {k: v + gaussian_like(v, std, generator) for k, v in update.delta.items()})
 
 
-@_register("laplace")
+@DEFENSES.register("laplace")
 @dataclass(frozen=True)
 class Laplace(Defense):
     """Local Laplace noise with scale b = ``b0`` × the ``percentile``-th percentile of |ΔW| (same tensors as
@@ -84,7 +84,7 @@ class Laplace(Defense):
         return _with_delta(update, {k: v + laplace_like(v, scale, generator) for k, v in update.delta.items()})
 
 
-@_register("prune-update")
+@DEFENSES.register("prune-update")
 @dataclass(frozen=True)
 class PruneUpdate(Defense):
     """Top-k sparsification of the sent update: per tensor, zero the ``rate`` share of smallest |ΔW|."""
@@ -106,7 +106,7 @@ def _withheld(update: ClientUpdate, names: list[str]) -> dict:
     return meta
 
 
-@_register("withhold-bn")
+@DEFENSES.register("withhold-bn")
 @dataclass(frozen=True)
 class WithholdBN(Defense):
     """Send no BatchNorm buffers (FedBN-style, Li et al. 2021); Hatamizadeh et al. show the BN-aware attack
@@ -118,7 +118,7 @@ class WithholdBN(Defense):
         return dataclasses.replace(update, buffers={}, metadata=_withheld(update, list(update.buffers)))
 
 
-@_register("withhold-layers")
+@DEFENSES.register("withhold-layers")
 @dataclass(frozen=True)
 class WithholdLayers(Defense):
     """Do not send the deltas of the named layers (prefixes of parameter names), modelling encryption of

@@ -64,7 +64,7 @@ def require_flower() -> Any:
     return flwr
 
 
-def _split_state(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+def split_state(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """Parameters and buffers of a Flower state dict, in the model's dtypes (Flower's FedAvg turns the
     integer ``num_batches_tracked`` into a float average; it is rounded back, as gradleak's FedAvg does)."""
 
@@ -89,7 +89,7 @@ def make_client_app(sim: FedAvgSimulation, *, mods: Sequence[Any] = ()) -> Any:
     def train(msg: Message, context: Context) -> Message:
         client: FLClient = sim.clients[int(context.node_config["partition-id"])]
         round_ = int(msg.content["config"]["server-round"]) - 1
-        params, buffers = _split_state(sim.model, msg.content["arrays"].to_torch_state_dict())
+        params, buffers = split_state(sim.model, msg.content["arrays"].to_torch_state_dict())
         update = sim.client_update(client, GlobalState(round=round_, params=params, buffers=buffers))
         new_state = {k: params[k] + update.delta[k] for k in params} | dict(update.buffers)
         metrics = MetricRecord({"num-examples": update.num_examples, "client-id": client.id,
@@ -229,7 +229,7 @@ class RecordingStrategy(_FlowerStrategy):
     def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
         if not self._started:
             self._start()
-        params, buffers = _split_state(self.model, arrays.to_torch_state_dict())
+        params, buffers = split_state(self.model, arrays.to_torch_state_dict())
         self._config = _json_record(config)
         self._global = GlobalState(round=server_round - 1, params=params, buffers=buffers,
                                    metadata={"train_config": self._config})
@@ -248,7 +248,7 @@ class RecordingStrategy(_FlowerStrategy):
             metrics = _json_record(msg.content["metrics"] if "metrics" in msg.content else {})
             node = int(msg.metadata.src_node_id)
             client = self._client_id(node, metrics)
-            params, buffers = _split_state(self.model, msg.content["arrays"].to_torch_state_dict())
+            params, buffers = split_state(self.model, msg.content["arrays"].to_torch_state_dict())
             examples = metrics.get(weight_key)
             metadata: dict[str, Any] = {"flower_node_id": node, "client_metrics": metrics}
             if recipe is not None:
@@ -261,7 +261,7 @@ class RecordingStrategy(_FlowerStrategy):
             ), overwrite=True)
         arrays, agg_metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
-            params, buffers = _split_state(self.model, arrays.to_torch_state_dict())
+            params, buffers = split_state(self.model, arrays.to_torch_state_dict())
             self.store.save_global(GlobalState(round=server_round, params=params, buffers=buffers), overwrite=True)
         return arrays, agg_metrics
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradleak.fl.flower import _split_state, log_info, require_flower
+from gradleak.fl.flower import log_info, require_flower, split_state
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.gate import GateDecision, LeakageGate
 from gradleak.records import ClientUpdate, GlobalState
@@ -81,8 +81,8 @@ class LeakageGateMod:
         if out.has_error() or len(received) != 1 or len(out.content.array_records) != 1:
             return out  # nothing to audit (an error, or not one model in and one out)
         key, sent = next(iter(out.content.array_records.items()))
-        g_params, g_buffers = _split_state(self.model, received[0].to_torch_state_dict())
-        params, buffers = _split_state(self.model, sent.to_torch_state_dict())
+        g_params, g_buffers = split_state(self.model, received[0].to_torch_state_dict())
+        params, buffers = split_state(self.model, sent.to_torch_state_dict())
         round_ = int(msg.metadata.group_id) - 1 if str(msg.metadata.group_id).isdigit() else 0
         images, labels = self.data(context)
         images, labels = torch.as_tensor(images).float(), torch.as_tensor(labels).long().reshape(-1)

@@ -96,10 +96,6 @@ class Scenario:
         """A copy with ``changes`` (``rounds=3``, ``dataset="sample-pneumoniamnist"``, ...)."""
         return dataclasses.replace(self, **changes)
 
-    @property
-    def num_participants(self) -> int:
-        return len(self.sizes) if self.partition == "sizes" else self.num_clients
-
     def _split_pool(self) -> tuple[ImageDataset, ImageDataset]:
         pool = load_dataset(self.dataset, split=self.train_split, root=self.data_root)
         if not self.test_holdout:

@@ -263,7 +263,7 @@ def run_attack_unit(config: StudyConfig, unit: AttackUnit, out: Path) -> dict[st
         "execution": (recon.config.get("execution") or {}).get("iteration"),
         "execution_reason": (recon.config.get("execution") or {}).get("reason"),
     }
-    bins = getattr(view.secrets.get("imprint"), "num_bins", None)
+    bins = view.secrets.num_bins if view.secrets is not None else None
     if bins:  # a binned malicious module: how many inputs alone in their bin to expect (iid inputs)
         from gradleak.attacks.imprint import expected_recovery
 

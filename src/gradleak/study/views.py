@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from gradleak.attacks.imprint.secrets import ImprintSecrets
 from gradleak.errors import GradleakError
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.fl.store import UpdateStore
@@ -125,7 +126,7 @@ def server_view(
     prior: Tensor | None = None,
     labels: Tensor | None = None,
     defenses: Sequence[Any] = (),
-    secrets: Mapping[str, Any] | None = None,
+    secrets: ImprintSecrets | None = None,
 ) -> ServerView:
     """A :class:`ServerView` of one recorded update: the round's global model, the update, the data context,
     and what the threat model grants (``recipe``, ``prior``, ``labels``, ``defenses``, ``secrets``).
@@ -139,7 +140,7 @@ def server_view(
         model=model, global_state=global_state, updates=(update,), image_shape=context.image_shape,
         num_classes=context.num_classes, mean=context.mean, std=context.std, labels=labels,
         batch_size=batch, num_images=n or None, recipe=recipe, defenses=tuple(defenses), prior=prior,
-        secrets=dict(secrets or {}),
+        secrets=secrets,
     )
 
 

@@ -19,7 +19,7 @@ How many inputs to expect: :func:`expected_recovery` (``"iid"``: independent inp
 Example
 -------
 >>> model, secrets = insert_imprint(resnet, ImprintBlock(num_bins=128), (3, 32, 32), public=public)  # doctest: +SKIP
->>> view = ServerView(..., secrets={"imprint": secrets})                                   # doctest: +SKIP
+>>> view = ServerView(..., secrets=secrets)                                                # doctest: +SKIP
 >>> reconstruction = ImprintAttack()(view)        # images in bin order, valid marks single inputs  # doctest: +SKIP
 
 The package: :mod:`~gradleak.attacks.imprint.secrets` (what the server keeps), :mod:`~gradleak.attacks.imprint.module`

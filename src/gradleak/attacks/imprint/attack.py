@@ -43,7 +43,7 @@ def recover_bins(weight_grad: Tensor, bias_grad: Tensor, secrets: ImprintSecrets
 class ImprintAttack(Attack):
     """Read inputs out of an imprint module's gradient (Fowl et al. 2022, Eq. 4; sparse and one-shot variants).
 
-    Needs ``view.secrets["imprint"]`` (:class:`~gradleak.attacks.imprint.ImprintSecrets`). Each update of
+    Needs ``view.secrets`` (:class:`~gradleak.attacks.imprint.ImprintSecrets`). Each update of
     the view is attacked separately (pass a securely aggregated update as one). Images come in bin order,
     ``valid`` marks single inputs; a deeper placement returns downsampled images (compare with
     :func:`~gradleak.attacks.imprint.reference_features`).
@@ -99,16 +99,16 @@ class ImprintAttack(Attack):
                               "(simulate_and_attack(public=...)), or use block={'distribution': 'gaussian'}")
         modified, secrets = insert_imprint(model, self.block, image_shape, position=self.position, public=public,
                                            generator=generator)
-        return modified, {"imprint": secrets}
+        return modified, secrets
 
     def validate(self, view: ServerView) -> None:
         super().validate(view)
-        if not isinstance(view.secrets.get("imprint"), ImprintSecrets):
+        if not isinstance(view.secrets, ImprintSecrets):
             raise AttackError("the imprint attack needs the server's secrets: ServerView(secrets={'imprint': "
                               "ImprintSecrets}) as returned by insert_imprint")
 
     def reconstruct(self, view: ServerView, generator: torch.Generator) -> Reconstruction:
-        secrets: ImprintSecrets = view.secrets["imprint"]
+        secrets = view.secrets
         images, valid = [], []
         for update in view.updates:
             pixels, ok = self._attack_update(view, update, secrets)

@@ -11,7 +11,7 @@ connection keeps the model's output shape and (with a small ``gain``) its functi
 The server calls :func:`insert_imprint`, which returns the modified model — an ordinary ``nn.Module`` built from
 ``nn.Linear``, ``nn.ReLU``/``nn.Hardtanh`` and ``nn.Sequential``, which is all the clients see — and the
 :class:`~gradleak.attacks.imprint.secrets.ImprintSecrets` (layer names, bin edges, row order, shapes) that it hands to
-:class:`~gradleak.attacks.imprint.ImprintAttack` through ``ServerView.secrets["imprint"]``.
+:class:`~gradleak.attacks.imprint.ImprintAttack` through ``ServerView.secrets``.
 
 Placement: before the model (``position=None``), or before ``layer1``..``layer4`` of a torchvision-style ResNet
 whose preceding layers are *linearised* (Fig. 11, App. B): ``conv1`` and shortcut convolutions become identity

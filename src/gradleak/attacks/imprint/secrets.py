@@ -25,7 +25,7 @@ class BNStage:
 
 @dataclass(frozen=True, eq=False)
 class ImprintSecrets:
-    """What the server keeps to itself and passes to the attack in ``ServerView.secrets["imprint"]``.
+    """What the server keeps to itself and passes to the attack in ``ServerView.secrets``.
 
     Attributes
     ----------
