@@ -32,10 +32,11 @@ from gradleak.attacks.imprint.secrets import ImprintSecrets
 from gradleak.attacks.replay import ReplayAttack
 from gradleak.data.transforms import normalize
 from gradleak.errors import GradleakError
-from gradleak.fl.local import LocalData, local_update, model_state
+from gradleak.fl.client import ModuleCopies, client_step
+from gradleak.fl.local import LocalData, model_state
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.metrics import grade
-from gradleak.records import ClientUpdate, GlobalState, Reconstruction, ServerView
+from gradleak.records import GlobalState, Reconstruction, ServerView
 
 __all__ = ["RECIPE_PRESETS", "THREATS", "AuditResult", "Threat", "Truth", "simulate_and_attack"]
 
@@ -92,16 +93,6 @@ class AuditResult:
     reconstructions: tuple[Reconstruction, ...] = field(default=())
 
 
-class _ModuleFactory:
-    """A zero-argument factory of copies of a module (the view's architecture)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __call__(self) -> nn.Module:
-        return copy.deepcopy(self.module)
-
-
 def _resolve_recipe(recipe: LocalRecipe | str, n: int) -> LocalRecipe:
     if isinstance(recipe, LocalRecipe):
         return recipe
@@ -115,15 +106,18 @@ def _resolve_recipe(recipe: LocalRecipe | str, n: int) -> LocalRecipe:
 def _combine(results: Sequence[Reconstruction]) -> Reconstruction:
     if len(results) == 1:
         return results[0]
-    cat = lambda name: None if getattr(results[0], name) is None else torch.cat(  # noqa: E731
-        [getattr(r, name) for r in results])
+    def cat(name: str) -> Any:
+        parts = [getattr(r, name) for r in results]
+        return None if parts[0] is None else torch.cat(parts)
+
     traces = [r.loss_trace for r in results]
     return dataclasses.replace(
         results[0], images=cat("images"), labels=cat("labels"), soft_labels=cat("soft_labels"),
         trials=tuple(t for r in results for t in r.trials),
-        loss_trace=torch.stack(traces, 1) if all(t is not None for t in traces) else None,
+        loss_trace=torch.stack([t for t in traces if t is not None], 1) if all(t is not None for t in traces)
+        else None,
         wall_time=sum(r.wall_time for r in results), iterations=max(r.iterations for r in results),
-        valid=None if results[0].valid is None else torch.cat([r.valid for r in results]))  # type: ignore[misc]
+        valid=cat("valid"))
 
 
 def _metrics(recon: Reconstruction, truth: Truth, prior: Tensor | None, *, paired_by_index: bool) -> dict[str, Any]:
@@ -153,8 +147,9 @@ def _check_threat(threat: str, attack: Attack) -> Threat:
         raise GradleakError(f"the {attack.name or type(attack).__name__} attack modifies the model the clients "
                             "train: use threat='malicious-model'")
     if granted.malicious_model and not attack.modifies_model:
+        modifying = sorted(n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "modifies_model", False))
         raise GradleakError(f"threat='malicious-model' needs an attack that modifies the model (one of "
-                            f"{sorted(n for n in ATTACKS.names() if ATTACKS.get(n).modifies_model)}); "
+                            f"{modifying}); "
                             f"{attack.name or type(attack).__name__} attacks honest updates")
     return granted
 
@@ -262,24 +257,20 @@ def simulate_and_attack(
         with torch.no_grad():
             num_classes = int(copy.deepcopy(client_model).eval()(x[:1]).shape[-1])
     groups = [list(range(len(images)))] if victims == "batch" else [[i] for i in range(len(images))]
-    factory = _ModuleFactory(client_model)
+    factory = ModuleCopies(client_model)
     updates, noises, recipes = [], [], []
     for client, idx in enumerate(groups):
         client_recipe = _resolve_recipe(recipe, len(idx))
         client_recipe = client_recipe.replace(step_transforms=(*client_recipe.step_transforms, *stages["step"]))
-        g = torch.Generator().manual_seed(client_seed + client)
-        out = local_update(client_model, params, buffers, LocalData(x[idx], labels[idx]), client_recipe, generator=g)
-        update = ClientUpdate(client=client, round=0, delta=out.delta(params), buffers=out.buffers,
-                              num_examples=len(idx), metadata={"recipe": client_recipe.to_json()})
-        for defense in stages["update"]:
-            update = defense(update, g)
-        updates.append(update)
-        noises.append(dict(out.noise))
+        step = client_step(client_model, state, LocalData(x[idx], labels[idx]), client_recipe, client=client,
+                           defenses=stages["update"], generator=torch.Generator().manual_seed(client_seed + client))
+        updates.append(step.update)
+        noises.append(step.noise)
         recipes.append(client_recipe)
 
-    common = {"model": factory, "global_state": state, "image_shape": image_shape, "num_classes": num_classes,
-              "mean": tuple(mean), "std": tuple(std), "prior": prior, "defenses": tuple(defense_list),
-              "secrets": secrets}
+    common: dict[str, Any] = {"model": factory, "global_state": state, "image_shape": image_shape,
+                              "num_classes": num_classes, "mean": tuple(mean), "std": tuple(std), "prior": prior,
+                              "defenses": tuple(defense_list), "secrets": secrets}
     views = []
     if stages["aggregate"]:  # one view: the aggregate of every client
         views.append(ServerView(updates=(stages["aggregate"][0](updates),), num_images=len(images),

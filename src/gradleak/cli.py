@@ -9,12 +9,16 @@ import json
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gradleak.errors import GradleakError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="gradleak: how much of FL clients' data can the server reconstruct from their updates?")
@@ -337,7 +341,7 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def _truth(spec: str, split: str, size: int | None, resize: str) -> tuple[object, object]:
+def _truth(spec: str, split: str, size: int | None, resize: str) -> tuple[Tensor, Tensor]:
     """The attacked client's true images and labels: an npz file (``images``, ``labels``), an image folder, or
     ``DATASET@i,j,...`` (images of a dataset by index, from ``split``)."""
     from gradleak.data import load_dataset
@@ -428,7 +432,8 @@ def attack(
         size = image_size or (spec.size if spec else None)
         resize = spec.resize if spec else "pad"
         if spec is not None:
-            context = DataContext(image_shape=(spec.channels, size, size), num_classes=0, mean=spec.mean,
+            side = size or spec.size
+            context = DataContext(image_shape=(spec.channels, side, side), num_classes=0, mean=spec.mean,
                                   std=spec.std)
         elif dataset is not None:
             context = data_context(dataset, image_size=image_size, root=data_root)
@@ -440,7 +445,7 @@ def attack(
         context = dataclasses.replace(context, mean=m or context.mean, std=s_ or context.std)
         prior = (domain_prior(dataset, images=prior_images, image_size=size, root=data_root, seed=seed)
                  if dataset is not None and prior_images else None)
-        overrides = {k: v for k, v in {"optimizer": optimizer, "lr": lr, "momentum": momentum,
+        overrides: dict[str, Any] = {k: v for k, v in {"optimizer": optimizer, "lr": lr, "momentum": momentum,
                                        "weight_decay": weight_decay, "batch_size": batch_size,
                                        "epochs": epochs}.items() if v is not None}
         # when an update records no recipe: what the server app declared, with the command line's overrides
@@ -518,7 +523,7 @@ def _attack_progress(attack_obj: object):
         task = bar.add_task("attack (best objective –)", total=total)
 
         def callback(done: int, iterations: int, best: object) -> None:
-            value = float(best.min()) if hasattr(best, "min") else float("nan")  # type: ignore[union-attr]
+            value = float(best.min()) if hasattr(best, "min") else float("nan")
             bar.update(task, completed=done, total=iterations, description=f"attack (best objective {value:.4g})")
 
         yield callback

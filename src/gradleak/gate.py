@@ -116,7 +116,7 @@ class GateDecision:
         path = out / f"{name}.json"
         path.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
         if self.reconstructions:
-            np.savez_compressed(out / f"{name}.npz",
+            np.savez_compressed(out / f"{name}.npz", allow_pickle=False,
                                 **{k: v.detach().cpu().float().numpy() for k, v in self.reconstructions.items()})
         return path
 

@@ -238,7 +238,7 @@ class TargetedAttack(InvertingGradients):
             return {k: v * scales[k] if k in scales else v for k, v in z.items()}
 
         def regularizer(z: TensorDict) -> Tensor:
-            return sum(r(z) for r in regs)  # type: ignore[return-value]
+            return sum(r(z) for r in regs)
 
         mask_keys = [k for k in leaves if _base(k) in drop_rate]
 

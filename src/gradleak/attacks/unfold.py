@@ -35,17 +35,18 @@ class UnfoldConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        padding: tuple[int, ...] = self.padding  # type: ignore[assignment]  # numbers (_eligible)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, padding, self.dilation
         oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         weight = self.weight.reshape(self.out_channels, -1)
         if n == 1 and torch._C._functorch.peek_interpreter_stack() is None:
             # one image outside vmap: a 2-D product with the bias fused (addmm) has fewer autograd nodes than the
             # batched matmul (~12 % of a single-image attack iteration on the cnn; slower under vmap, not used there)
-            cols = F.unfold(x[0], self.kernel_size, self.dilation, self.padding, self.stride)  # (C·kh·kw, L)
+            cols = F.unfold(x[0], self.kernel_size, self.dilation, padding, self.stride)  # (C·kh·kw, L)
             out = torch.mm(weight, cols) if self.bias is None else torch.addmm(self.bias.unsqueeze(1), weight, cols)
             return out.reshape(1, self.out_channels, oh, ow)
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, C·kh·kw, L)
+        cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (n, C·kh·kw, L)
         out = (weight @ cols).reshape(n, self.out_channels, oh, ow)
         if self.bias is not None:
             out = out + self.bias.reshape(1, -1, 1, 1)
@@ -65,7 +66,7 @@ def _columns(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int] |
     hooks = []
     for name, m in model.named_modules():
         if _eligible(m):
-            def hook(mod: nn.Module, args: tuple, result: Tensor, name: str = name) -> None:
+            def hook(mod: nn.Conv2d, args: tuple, result: Tensor, name: str = name) -> None:
                 sizes[name] = mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1] * result[0, 0].numel()
             hooks.append(m.register_forward_hook(hook))
     if not hooks:

@@ -265,7 +265,8 @@ def read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] 
 def _read_image(path: Path) -> np.ndarray:
     """One image as ``(H, W)`` uint8 grey or ``(H, W, 3)`` uint8 RGB."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im: Image.Image = opened
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):

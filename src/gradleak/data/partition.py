@@ -249,7 +249,7 @@ def _check_demand(
         if plan and client not in shared:
             for c, k in plan.items():
                 demand[c] += k
-    for c in np.flatnonzero(demand > counts):
+    for c in np.flatnonzero(demand > counts).tolist():
         raise PartitionError(
             f"balanced sizes {sizes} ask for {int(demand[c])} distinct images of class {int(c)} but the "
             f"dataset has {int(counts[c])}"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from gradleak.defenses.base import DEFENSES, Defense
+from gradleak.defenses.base import DEFENSES, AggregateDefense
 from gradleak.records import AGGREGATE_CLIENT, ClientUpdate
 
 __all__ = ["SecureAggregation", "secure_sum"]
@@ -43,10 +42,9 @@ def secure_sum(updates: Sequence[ClientUpdate]) -> ClientUpdate:
 
 @DEFENSES.register("secure-aggregation")
 @dataclass(frozen=True)
-class SecureAggregation(Defense):
+class SecureAggregation(AggregateDefense):
     """The server receives only the aggregate of the sampled clients' updates (see :func:`secure_sum`)."""
 
-    stage: ClassVar[str] = "aggregate"
 
     def __call__(self, updates: Sequence[ClientUpdate]) -> ClientUpdate:
         return secure_sum(updates)

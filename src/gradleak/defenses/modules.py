@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradleak.defenses.base import DEFENSES, Defense
+from gradleak.defenses.base import DEFENSES, ModelDefense
 from gradleak.fl import noise as noise_mod
 
 __all__ = ["CVB", "PRECODE", "ConvBottleneck", "DropoutDefense", "FlatBottleneck", "LinearBottleneck",
@@ -114,14 +113,13 @@ def _classifier_path(model: nn.Module) -> str:
 
 @DEFENSES.register("dropout")
 @dataclass(frozen=True)
-class DropoutDefense(Defense):
+class DropoutDefense(ModelDefense):
     """Dropout before the classifier at rate ``rate`` (Scheliga et al. 2023; default 0.25 as in 2024).
 
     Uses the zoo models' ``dropout`` slot; masks are drawn per local step from the injectable noise.
     """
 
     rate: float = 0.25
-    stage: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate < 1.0:
@@ -139,7 +137,7 @@ class DropoutDefense(Defense):
 
 @DEFENSES.register("precode")
 @dataclass(frozen=True)
-class PRECODE(Defense):
+class PRECODE(ModelDefense):
     """PRECODE before the classifier (Scheliga et al. 2022): latent 256, KL weight ``beta``.
 
     The combined-defenses paper uses the settings recommended by Scheliga et al. (2024b), which our paper
@@ -158,7 +156,6 @@ class PRECODE(Defense):
     before: str | None = None
     after: str | None = None
     features: int | None = None
-    stage: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         if self.latent < 1 or self.beta < 0:
@@ -183,14 +180,14 @@ class PRECODE(Defense):
         head = _get(out, path)
         if not isinstance(head, nn.Linear):
             raise ValueError(f"precode: {path!r} must be a Linear layer, got {type(head).__name__}")
-        vb = LinearBottleneck(head.in_features, self.latent, self.beta, noise_name="precode")
-        _set(out, path, nn.Sequential(OrderedDict(precode=vb, linear=head)))
+        linear = LinearBottleneck(head.in_features, self.latent, self.beta, noise_name="precode")
+        _set(out, path, nn.Sequential(OrderedDict(precode=linear, linear=head)))
         return out
 
 
 @DEFENSES.register("cvb")
 @dataclass(frozen=True)
-class CVB(Defense):
+class CVB(ModelDefense):
     """Convolutional variational bottleneck after ``after`` (default: the CNN's first conv block), with C/2
     latent channels.
 
@@ -207,7 +204,6 @@ class CVB(Defense):
     beta: float = 0.1
     kernel_size: int = 5
     bias: bool = False
-    stage: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         if self.beta < 0:

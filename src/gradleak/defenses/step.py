@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
-from gradleak.defenses.base import DEFENSES, Defense
+from gradleak.defenses.base import DEFENSES, StepDefense
 from gradleak.defenses.functional import clip_per_sample, gaussian_like, prune_by_magnitude
 from gradleak.fl import noise as noise_mod
 
@@ -16,7 +17,7 @@ __all__ = ["DPSGD", "StepPrune"]
 
 @DEFENSES.register("dp-sgd")
 @dataclass(frozen=True)
-class DPSGD(Defense):
+class DPSGD(StepDefense):
     """DP-SGD (Abadi et al. 2016): clip every example's gradient to norm ``clip``, sum, add Gaussian noise
     of std ``noise_multiplier · clip``, divide by the batch size.
 
@@ -28,7 +29,6 @@ class DPSGD(Defense):
 
     clip: float = 20.0
     noise_multiplier: float = 1e-4
-    stage: ClassVar[str] = "step"
     per_sample: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -42,19 +42,21 @@ class DPSGD(Defense):
         out = {}
         for k, g in clip_per_sample(grads, self.clip).items():
             summed = g.sum(0)
-            noise = noise_mod.draw(f"dp-sgd/{k}", lambda gen, like=summed: gaussian_like(like, std, gen))
+            def draw(gen: torch.Generator | None, like: Tensor = summed) -> Tensor:
+                return gaussian_like(like, std, gen)
+
+            noise = noise_mod.draw(f"dp-sgd/{k}", draw)
             out[k] = (summed + noise) / batch_size
         return out
 
 
 @DEFENSES.register("prune")
 @dataclass(frozen=True)
-class StepPrune(Defense):
+class StepPrune(StepDefense):
     """Gradient pruning (Lin et al. 2018, DGC; Zhu et al. 2019): at every local step, zero the ``rate``
     share of smallest-magnitude values of each layer's gradient. Default 0.5 (Scheliga et al. 2024)."""
 
     rate: float = 0.5
-    stage: ClassVar[str] = "step"
     per_sample: ClassVar[bool] = False
 
     def __post_init__(self) -> None:

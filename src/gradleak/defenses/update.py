@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from gradleak.defenses.base import DEFENSES, Defense
+from gradleak.defenses.base import DEFENSES, UpdateDefense
 from gradleak.defenses.functional import gaussian_like, laplace_like, percentile_scale, prune_by_magnitude
 from gradleak.records import ClientUpdate, in_layer
 
@@ -21,7 +20,7 @@ def _with_delta(update: ClientUpdate, delta: dict) -> ClientUpdate:
 
 @DEFENSES.register("local-gaussian")
 @dataclass(frozen=True)
-class LocalGaussian(Defense):
+class LocalGaussian(UpdateDefense):
     """Local Gaussian noise of Hatamizadeh et al. (2023), Sec. II-C: σ = σ0 × the ``percentile``-th
     percentile of |ΔW|, and N(0, σ²) noise added to every value of ΔW.
 
@@ -34,7 +33,6 @@ class LocalGaussian(Defense):
 
     sigma0: float = 1.0
     percentile: float = 95.0
-    stage: ClassVar[str] = "update"
 
     def __post_init__(self) -> None:
         if self.sigma0 < 0:
@@ -59,13 +57,12 @@ class LocalGaussian(Defense):
 
 @DEFENSES.register("laplace")
 @dataclass(frozen=True)
-class Laplace(Defense):
+class Laplace(UpdateDefense):
     """Local Laplace noise with scale b = ``b0`` × the ``percentile``-th percentile of |ΔW| (same tensors as
     ``local-gaussian``). b0 = 0 returns the update unchanged."""
 
     b0: float = 1.0
     percentile: float = 95.0
-    stage: ClassVar[str] = "update"
 
     def __post_init__(self) -> None:
         if self.b0 < 0:
@@ -86,11 +83,10 @@ class Laplace(Defense):
 
 @DEFENSES.register("prune-update")
 @dataclass(frozen=True)
-class PruneUpdate(Defense):
+class PruneUpdate(UpdateDefense):
     """Top-k sparsification of the sent update: per tensor, zero the ``rate`` share of smallest |ΔW|."""
 
     rate: float = 0.5
-    stage: ClassVar[str] = "update"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate < 1.0:
@@ -108,11 +104,10 @@ def _withheld(update: ClientUpdate, names: list[str]) -> dict:
 
 @DEFENSES.register("withhold-bn")
 @dataclass(frozen=True)
-class WithholdBN(Defense):
+class WithholdBN(UpdateDefense):
     """Send no BatchNorm buffers (FedBN-style, Li et al. 2021); Hatamizadeh et al. show the BN-aware attack
     then fails. The names of the withheld buffers are listed in ``metadata["withheld"]``."""
 
-    stage: ClassVar[str] = "update"
 
     def __call__(self, update: ClientUpdate, generator: torch.Generator | None = None) -> ClientUpdate:
         return dataclasses.replace(update, buffers={}, metadata=_withheld(update, list(update.buffers)))
@@ -120,12 +115,11 @@ class WithholdBN(Defense):
 
 @DEFENSES.register("withhold-layers")
 @dataclass(frozen=True)
-class WithholdLayers(Defense):
+class WithholdLayers(UpdateDefense):
     """Do not send the deltas of the named layers (prefixes of parameter names), modelling encryption of
     the most important layers (Hatamizadeh et al., Sec. IV). Default: the first convolution (``conv1``)."""
 
     layers: tuple[str, ...] = ("conv1",)
-    stage: ClassVar[str] = "update"
 
     def __post_init__(self) -> None:
         if not self.layers or not all(isinstance(n, str) and n for n in self.layers):

@@ -24,7 +24,8 @@ from torch import nn
 from torch.func import functional_call
 
 from gradleak.fl.aggregation import fedavg
-from gradleak.fl.local import LocalData, local_update, model_state
+from gradleak.fl.client import UpdateTransform, client_step
+from gradleak.fl.local import LocalData, model_state
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.models import ModelSpec
 from gradleak.records import ClientUpdate, GlobalState
@@ -39,7 +40,6 @@ __all__ = [
     "evaluate",
 ]
 
-UpdateTransform = Callable[[ClientUpdate, torch.Generator], ClientUpdate]
 
 
 def derive_seed(*keys: int) -> int:
@@ -204,22 +204,8 @@ class FedAvgSimulation:
         seed = derive_seed(self.seed, state.round, client.id)
         recipe = client.recipe.replace(seed=seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        out = local_update(self.model, state.params, state.buffers, client.train, recipe, generator=generator)
-        update = ClientUpdate(
-            client=client.id,
-            round=state.round,
-            delta=out.delta(state.params),
-            buffers=out.buffers,
-            num_examples=len(client.train),
-            metadata={
-                "recipe": recipe.to_json(),
-                "local_steps": len(out.per_step),
-                "train_loss": float(torch.stack([s.loss for s in out.per_step]).mean()),
-            },
-        )
-        for defense in self.update_defenses:
-            update = defense(update, generator)
-        return update
+        return client_step(self.model, state, client.train, recipe, client=client.id, defenses=self.update_defenses,
+                           generator=generator).update
 
     def evaluate_round(self, round: int, state: GlobalState, clients: Sequence[FLClient],
                        train_losses: Sequence[float]) -> RoundMetrics:
@@ -296,10 +282,10 @@ def _rank(metrics: RoundMetrics) -> tuple[float, int]:
 
 
 def _to_device(client: FLClient, device: torch.device) -> FLClient:
-    def move(d: LocalData | None) -> LocalData | None:
-        return None if d is None else LocalData(d.x.to(device), d.y.to(device))
+    def move(d: LocalData) -> LocalData:
+        return LocalData(d.x.to(device), d.y.to(device))
 
-    return dataclasses.replace(client, train=move(client.train), val=move(client.val))
+    return dataclasses.replace(client, train=move(client.train), val=None if client.val is None else move(client.val))
 
 
 def round_half_up(x: float) -> int:
@@ -327,6 +313,6 @@ class _progress:
 
         return advance
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self.enabled:
             self._bar.__exit__(*exc)

@@ -50,7 +50,7 @@ __all__ = ["RecordingStrategy", "make_client_app", "require_flower", "run_flower
 try:  # this module is only imported by code that uses Flower; gradleak itself never imports it
     from flwr.serverapp.strategy import Strategy as _FlowerStrategy
 except ImportError:  # pragma: no cover - depends on the environment
-    _FlowerStrategy = object
+    _FlowerStrategy = object  # type: ignore[misc,assignment]
 
 
 def require_flower() -> Any:
@@ -88,8 +88,8 @@ def make_client_app(sim: FedAvgSimulation, *, mods: Sequence[Any] = ()) -> Any:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         client: FLClient = sim.clients[int(context.node_config["partition-id"])]
-        round_ = int(msg.content["config"]["server-round"]) - 1
-        params, buffers = split_state(sim.model, msg.content["arrays"].to_torch_state_dict())
+        round_ = int(msg.content.config_records["config"]["server-round"]) - 1  # type: ignore[arg-type]
+        params, buffers = split_state(sim.model, msg.content.array_records["arrays"].to_torch_state_dict())
         update = sim.client_update(client, GlobalState(round=round_, params=params, buffers=buffers))
         new_state = {k: params[k] + update.delta[k] for k in params} | dict(update.buffers)
         metrics = MetricRecord({"num-examples": update.num_examples, "client-id": client.id,

@@ -194,7 +194,7 @@ def _running_update(
         if module.momentum is None:  # cumulative moving average, as PyTorch
             factor: Tensor | float = 1.0 / tracked.to(mean.dtype)
         else:
-            factor = module.momentum
+            factor = float(module.momentum)  # type: ignore[arg-type]
         unbiased = var * (n / (n - 1)) if n > 1 else var
         new[prefix + "running_mean"] = (1 - factor) * new[prefix + "running_mean"] + factor * mean
         new[prefix + "running_var"] = (1 - factor) * new[prefix + "running_var"] + factor * unbiased

@@ -188,14 +188,14 @@ class DefenseFilter(DXOFilter, _GlobalTracker):
     def __init__(self, defenses: list, model: str, seed: int | None = None) -> None:
         DXOFilter.__init__(self, supported_data_kinds=_WEIGHT_KINDS, data_kinds_to_filter=_WEIGHT_KINDS)
         self._init_tracker()
-        from gradleak.defenses import by_stage, resolve_defenses
+        from gradleak.defenses import UpdateDefense, by_stage, resolve_defenses
 
         self.defenses, self.model, self.seed = list(defenses), model, seed
         resolved = resolve_defenses(self.defenses)
-        wrong = [d.name for stage, ds in by_stage(resolved).items() if stage != "update" for d in ds]
+        wrong = [d.name for d in resolved if not isinstance(d, UpdateDefense)]
         if wrong:
             raise GradleakError(f"DefenseFilter applies update-stage defenses only; {wrong} act elsewhere")
-        self._defenses = resolved
+        self._defenses = by_stage(resolved)["update"]
         self._model = ModelSpec(model).build()
         self._generator = torch.Generator()
         self._generator.manual_seed(seed if seed is not None else secrets.randbits(62))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from gradleak.fl.recipe import LocalRecipe
 from gradleak.models import ModelSpec
 from gradleak.records import InputSpec
 from gradleak.registry import Registry
+
+if TYPE_CHECKING:
+    from gradleak.defenses import Stages
 
 __all__ = ["SCENARIOS", "Federation", "Scenario", "combined_defenses", "hospital"]
 
@@ -150,7 +153,7 @@ class Scenario:
         resize = "none" if size == height else "pad" if size > height else "bilinear"
         return InputSpec(size=size, channels=channels, mean=tuple(data.mean), std=tuple(data.std), resize=resize)
 
-    def defended(self) -> tuple[ModelSpec, LocalRecipe, dict[str, list]]:
+    def defended(self) -> tuple[ModelSpec, LocalRecipe, Stages]:
         """The model spec and recipe with the scenario's defenses applied, and the defenses by stage."""
         from gradleak.defenses import by_stage, resolve_defenses
 

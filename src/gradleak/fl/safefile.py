@@ -301,7 +301,8 @@ def check_against_model(path: Path, sections: Mapping[str, Mapping[str, Tensor]]
     """
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
-    refs = {param_section: (params, "parameter"), "buffers": (buffers, "buffer")}
+    refs: dict[str, tuple[Mapping[str, Tensor], str]] = {param_section: (params, "parameter"),
+                                                         "buffers": (buffers, "buffer")}
     for section, tensors in sections.items():
         ref, noun = refs[section]
         for name, tensor in tensors.items():

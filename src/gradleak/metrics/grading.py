@@ -49,7 +49,7 @@ from torch import Tensor
 
 from gradleak.metrics._checks import as_images
 from gradleak.metrics.errors import MetricInputError
-from gradleak.metrics.image import mse, psnr, ssim
+from gradleak.metrics.image import SSIMOptions, mse, psnr, ssim
 from gradleak.metrics.leakage import rdlv_from_ssim
 from gradleak.metrics.matching import assign as assign_pairs
 from gradleak.records import Reconstruction
@@ -57,7 +57,7 @@ from gradleak.records import Reconstruction
 __all__ = ["LEAK_RULES", "SSIM_SETTING", "Grade", "describe_rule", "grade", "grading_ssim", "leak_rule", "ssim_options"]
 
 #: The grading SSIM: scikit-image's defaults (uniform 7×7 window, sample covariance), data range 1.
-SSIM_SETTING: dict[str, object] = {"gaussian": False, "win_size": 7, "use_sample_covariance": True}
+SSIM_SETTING: SSIMOptions = {"gaussian": False, "win_size": 7, "use_sample_covariance": True}
 
 #: Plain-language statement of each leak rule (``{tau}`` and ``{psnr}`` are filled in by :func:`describe_rule`).
 LEAK_RULES: dict[str, str] = {
@@ -105,7 +105,7 @@ class Grade(TypedDict, total=False):
     verbatim_psnr: float
 
 
-def ssim_options(height: int, width: int) -> dict[str, object]:
+def ssim_options(height: int, width: int) -> SSIMOptions:
     """:data:`SSIM_SETTING` for images of ``height × width`` (the window shrinks to fit images under 7 pixels)."""
     side = min(height, width)
     win = min(7, side if side % 2 else side - 1)
@@ -120,7 +120,7 @@ def grading_ssim(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> Tensor:
     Equals ``skimage.metrics.structural_similarity(a_i, b_i, data_range=1, channel_axis=0)``.
     """
     x = as_images(a, "a")
-    return ssim(x, b, **ssim_options(*x.shape[-2:]))  # type: ignore[arg-type]
+    return ssim(x, b, **ssim_options(*x.shape[-2:]))
 
 
 def leak_rule(recon: Reconstruction, prior: object | None) -> Rule:

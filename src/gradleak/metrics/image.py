@@ -20,7 +20,7 @@ tensor([1., 1., 1., 1.], dtype=torch.float64)
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 import torch
@@ -34,6 +34,18 @@ __all__ = ["lpips", "mse", "pairwise", "psnr", "ssim"]
 
 _TRUNCATE = 3.5  # skimage's truncate for gaussian_weights=True
 _PAIR_CHUNK_ELEMENTS = 1 << 22  # bound on the pairwise SSIM work tensor (float64 elements)
+
+
+class SSIMOptions(TypedDict, total=False):
+    """Keyword options of :func:`ssim` (scikit-image's names)."""
+
+    data_range: float
+    win_size: int | None
+    sigma: float
+    gaussian: bool
+    K1: float
+    K2: float
+    use_sample_covariance: bool
 
 
 def ssim(
@@ -114,7 +126,7 @@ def mse(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> Tensor:
     return (x - y).square().flatten(1).mean(dim=1)
 
 
-def pairwise(metric: str, recon: Tensor | np.ndarray, truth: Tensor | np.ndarray, **options: float) -> Tensor:
+def pairwise(metric: str, recon: Tensor | np.ndarray, truth: Tensor | np.ndarray, **options: Any) -> Tensor:
     """Score matrix ``(N, M)``: ``metric`` between every reconstruction ``i`` and every ground-truth image ``j``.
 
     Parameters

@@ -10,7 +10,7 @@ References
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def rdlv(
     truth: Tensor | np.ndarray,
     recon: Tensor | np.ndarray,
     prior: Tensor | np.ndarray,
-    **ssim_options: float,
+    **ssim_options: Any,
 ) -> Tensor:
     """Relative data leakage value ``100 (SSIM(T, I) - SSIM(T, P)) / |SSIM(T, P)|`` per image (Eq. 6).
 

@@ -12,7 +12,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ def assign(
     truth: Tensor | np.ndarray,
     *,
     metric: str = "ssim",
-    **options: float,
+    **options: Any,
 ) -> Assignment:
     """Pair reconstructions with ground-truth images one-to-one, optimising the total ``metric``.
 

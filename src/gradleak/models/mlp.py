@@ -79,7 +79,9 @@ class MLP(nn.Module):
     @property
     def input_layer(self) -> nn.Linear:
         """The first ``nn.Linear`` (the layer analytic attacks invert)."""
-        return self.features.fc1
+        layer = self.features.get_submodule("fc1")
+        assert isinstance(layer, nn.Linear)
+        return layer
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` of images ``(N, C, H, W)``."""

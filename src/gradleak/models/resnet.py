@@ -31,7 +31,7 @@ class ResNetWithDropout(ResNet):
     """
 
     def __init__(self, *args: object, dropout: float = 0.0, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
         self.dropout = nn.Dropout(check_dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from gradleak.defenses import resolve_defenses
+from gradleak.defenses import ModelDefense, resolve_defenses
 from gradleak.models.zoo import create_model
 
 __all__ = ["ModelSpec"]
@@ -36,7 +36,7 @@ class ModelSpec:
         model = create_model(self.name, **options)
         if defenses:
             for defense in resolve_defenses(defenses):
-                if defense.stage != "model":
+                if not isinstance(defense, ModelDefense):
                     raise ValueError(f"model_defenses holds {defense.name!r}, a {defense.stage}-stage defense")
                 model = defense.apply(model)
         return model

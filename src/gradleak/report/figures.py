@@ -229,7 +229,7 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
     of images that leak under the one rule; RDLV per client; IIP and embedding cosine. Bootstrap bands over
     images (SSIM, RDLV, cosine) or attacked updates (IIP)."""
     figures = []
-    kw = {"resamples": data.resamples, "confidence": data.confidence}
+    kw: dict[str, Any] = {"resamples": data.resamples, "confidence": data.confidence}
     baselines = [s for s in data.settings if is_baseline(s)]
     for param in data.numeric_params():
         name = short(param)
@@ -289,8 +289,9 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
                         line, = ax.plot([a for a, _ in shares[c]], [b for _, b in shares[c]], marker="o",
                                         label=f"client {c}")
                         color = line.get_color()
-                    if base_shares[c] is not None:
-                        ax.axhline(base_shares[c], color=color or "black", ls="--", lw=1,
+                    base_share = base_shares[c]
+                    if base_share is not None:
+                        ax.axhline(base_share, color=color or "black", ls="--", lw=1,
                                    label=f"client {c} undefended")
                 ax.set(xlabel=name, ylabel="share of images that leak", ylim=(-0.05, 1.05),
                        title=f"{label}: leaks vs {name}")
@@ -314,9 +315,9 @@ def curves_vs_param(data: StudyData, folder: Path) -> list[Figure]:
                                       "defense.", "Leakage and utility"))
             else:
                 plt.close(fig)
-            x = functools.partial(_param_of, data, param=param)
-            iip = band(rows, x, lambda r: [r.get("iip_fl")], **kw)
-            cos = band(rows, x, lambda r: r.get("cosine_per_image") or [], **kw)
+            x_of = functools.partial(_param_of, data, param=param)
+            iip = band(rows, x_of, lambda r: [r.get("iip_fl")], **kw)
+            cos = band(rows, x_of, lambda r: r.get("cosine_per_image") or [], **kw)
             if iip or cos:
                 fig, ax = plt.subplots(figsize=(5.5, 3.4))
                 _x_scale(ax, xs)
@@ -432,7 +433,7 @@ def curves_vs_training(data: StudyData, folder: Path) -> list[Figure]:
     """SSIM against the client's batch size and its number of local iterations (one line per setting), where the
     attacked updates have at least two distinct values."""
     figures = []
-    kw = {"resamples": data.resamples, "confidence": data.confidence}
+    kw: dict[str, Any] = {"resamples": data.resamples, "confidence": data.confidence}
     for column, what in (("batch_size", "batch size"), ("local_steps", "local iterations")):
         for index, rows in sorted(data.by_attack().items()):
             label = data.attack_labels.get(index, rows[0]["attack"])
@@ -464,7 +465,7 @@ def tsne_figure(data: StudyData, folder: Path, seed: int = 0) -> list[Figure]:
 
     figures = []
     for index, rows in sorted(data.by_attack().items()):
-        panels: dict[tuple[int, str], list[np.ndarray]] = defaultdict(lambda: [[], []])  # type: ignore[arg-type]
+        panels: dict[tuple[int, str], tuple[list[np.ndarray], list[np.ndarray]]] = defaultdict(lambda: ([], []))
         for row in rows:
             arrays = load_unit_arrays(data.out, row["unit"])
             if "emb_truth" in arrays and "emb_recon" in arrays:

@@ -77,7 +77,7 @@ def summary_lines(data: StudyData) -> list[str]:
             if row.get("leak_rule") != "verbatim" and row.get("expected_recovery") is None:
                 continue
             verbatim = row.get("n_verbatim")
-            count = int(verbatim) if finite([verbatim]) else sum(
+            count = int(verbatim) if verbatim is not None and finite([verbatim]) else sum(
                 1 for v in finite(row.get("psnr_per_image") or []) if v >= 60.0)
             setting = settings[row["setting"]]["label"]
             text = (f"{label}: at {setting}, round {row.get('round')}, {count} of {row.get('num_images')} images of "
@@ -137,7 +137,7 @@ def privacy_utility_rows(data: StudyData) -> list[dict[str, str]]:
     baseline = baselines[0] if baselines else None
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for row in data.attacks:
-        groups[(row.get("setting"), int(row.get("attack_index", 0)))].append(row)
+        groups[(str(row.get("setting")), int(row.get("attack_index", 0)))].append(row)
     for setting in ordered:
         fl = setting.get("fl") or {}
         indices = sorted({i for (key, i) in groups if key == setting["key"]})

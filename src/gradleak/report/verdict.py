@@ -280,7 +280,8 @@ def _arm_phrase(data: StudyData, arm: str, settings: list[dict[str, Any]], outco
     by_value: dict[float, bool] = {}
     for s in tested:
         x = _param(s, param)
-        by_value[x] = by_value.get(x, False) or outcomes[s["key"]].leaked  # type: ignore[index]
+        if x is not None:
+            by_value[x] = by_value.get(x, False) or outcomes[s["key"]].leaked
     values = sorted(by_value)
     leaking = [x for x in values if by_value[x]]
     safe = [x for x in values if not by_value[x]]
@@ -487,7 +488,7 @@ def threat_model(data: StudyData) -> str:
     for i, cfg in enumerate(data.config.get("attacks") or []):
         label = data.attack_labels.get(i, str(cfg.get("name")))
         try:
-            malicious = bool(ATTACKS.get(str(cfg.get("name"))).modifies_model)
+            malicious = bool(getattr(ATTACKS.get(str(cfg.get("name"))), "modifies_model", False))
         except Exception:
             malicious = False
         prior = cfg.get("prior") or {}
@@ -524,9 +525,9 @@ def image_leaks(row: dict[str, Any], tau: float) -> list[bool]:
         ok = bool(finite([s])) and s > tau
         if ok and rdlv is not None:
             r = rdlv[i] if i < len(rdlv) else None
-            ok = bool(finite([r])) and r > 0
+            ok = r is not None and bool(finite([r])) and r > 0
         if ok and to_prior is not None:
             t = to_prior[i] if i < len(to_prior) else None
-            ok = bool(finite([t])) and s > t
+            ok = t is not None and bool(finite([t])) and s > t
         out.append(ok)
     return out

@@ -191,11 +191,12 @@ def _settings(config: StudyConfig) -> list[Setting]:
         expanded.append(("none", {}, []))
     settings = []
     for scenario_values, variant in variants:
-        for arm, values, items in expanded:
-            parts = [arm] + [f"{k}={v}" for k, v in values.items()] + [f"{k}={v}" for k, v in scenario_values.items()]
+        for arm_name, values, items in expanded:
+            parts = [arm_name, *(f"{k}={v}" for k, v in values.items()),
+                     *(f"{k}={v}" for k, v in scenario_values.items())]
             key = content_key({"scenario": variant.model_dump(), "defenses": [d.model_dump() for d in items],
                                "seed": config.seed, "name": config.name})
-            settings.append(Setting(key=key, label=" ".join(parts), arm=arm, scenario_values=scenario_values,
+            settings.append(Setting(key=key, label=" ".join(parts), arm=arm_name, scenario_values=scenario_values,
                                     defense_values=values, scenario_config=variant, defenses=tuple(items)))
     return settings
 

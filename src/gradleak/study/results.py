@@ -83,7 +83,7 @@ def write_unit(out: Path, unit_id: str, record: Mapping[str, Any], arrays: Mappi
     folder = units_dir(out)
     if arrays:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez_compressed(buffer, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
         atomic_write_bytes(folder / f"{unit_id}.npz", buffer.getvalue())
     path = folder / f"{unit_id}.json"
     atomic_write_bytes(path, json.dumps(_clean(dict(record)), indent=1, sort_keys=True).encode())

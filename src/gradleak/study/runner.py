@@ -73,10 +73,10 @@ class LocalExecutor(Executor):
 
     def run(self, config: StudyConfig, out: Path, fl_units: Sequence[FLUnit], attack_units: Sequence[AttackUnit],
             fl_done: Done, attack_done: Done, round_hook: FederationHook | None = None) -> None:
-        for unit in fl_units:
-            fl_done(unit, run_fl_unit(config, unit, out, hooks=[round_hook] if round_hook else []))
-        for unit in attack_units:
-            attack_done(unit, run_attack_unit(config, unit, out))
+        for fl_unit in fl_units:
+            fl_done(fl_unit, run_fl_unit(config, fl_unit, out, hooks=[round_hook] if round_hook else []))
+        for attack_unit in attack_units:
+            attack_done(attack_unit, run_attack_unit(config, attack_unit, out))
 
 
 def _remote_fl(config: StudyConfig, unit: FLUnit, out: str) -> dict[str, Any]:
@@ -115,9 +115,9 @@ class RayExecutor(Executor):
                 if unit.replicate == 0:  # the recorded federation: the one the setting's attacks read
                     fl_refs[unit.setting.key] = ref
                 pending[ref] = (fl_done, unit)
-            for unit in attack_units:  # a pending federation's ref as argument: Ray runs the attack after it
-                ref = attack_task.remote(config, unit, str(out), fl_refs.get(unit.setting.key))
-                pending[ref] = (attack_done, unit)
+            for attack_unit in attack_units:  # a pending federation's ref as argument: Ray runs the attack after it
+                ref = attack_task.remote(config, attack_unit, str(out), fl_refs.get(attack_unit.setting.key))
+                pending[ref] = (attack_done, attack_unit)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:

@@ -7,8 +7,6 @@ in-process and on a Ray worker, and a unit run again after a crash gives the sam
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import time
 from collections.abc import Sequence
@@ -120,7 +118,7 @@ def _context(federation: Any, model_spec: Any) -> DataContext:
 
     ds = federation.train_data
     shape = tuple(federation.clients[0].train.x.shape[1:])
-    return DataContext(image_shape=shape, num_classes=output_classes(model_spec.build(), shape),  # type: ignore[arg-type]
+    return DataContext(image_shape=shape, num_classes=output_classes(model_spec.build(), shape),
                        mean=tuple(ds.mean), std=tuple(ds.std))
 
 
@@ -168,8 +166,9 @@ def _malicious_view(attack: Any, unit: AttackUnit, config: StudyConfig, scenario
     """The server sends the attack's modified model to the client in this round; the client trains on it as the
     simulator does (same seed, recipe and update-stage defenses); the view holds that update and the secrets."""
     from gradleak.data.transforms import normalize
-    from gradleak.fl.federation import FedAvgSimulation
-    from gradleak.fl.local import model_state
+    from gradleak.fl.client import ModuleCopies, client_step
+    from gradleak.fl.federation import derive_seed
+    from gradleak.fl.local import LocalData, model_state
     from gradleak.records import GlobalState
     from gradleak.study.views import recipe_from_update, server_view
 
@@ -183,25 +182,18 @@ def _malicious_view(attack: Any, unit: AttackUnit, config: StudyConfig, scenario
     modified, secrets = attack.modify_model(honest, context.image_shape,
                                             public=normalize(public, context.mean, context.std), generator=g)
     client = federation.clients[unit.client]
-    client = dataclasses.replace(client, recipe=client.recipe.replace(step_transforms=recipe.step_transforms))
-    factory = _Copies(modified)
-    sim = FedAvgSimulation(factory, [client], rounds=1, seed=scenario.seed, update_defenses=stages["update"],
-                           device=config.device)
+    device = torch.device(config.device)
+    seed = derive_seed(scenario.seed, unit.round, client.id)  # the seed the simulator gives this client and round
+    client_recipe = client.recipe.replace(step_transforms=recipe.step_transforms, seed=seed)
+    factory = ModuleCopies(modified)
     params, buffers = model_state(modified)
-    update = sim.client_update(sim.clients[0], GlobalState(round=unit.round, params=params, buffers=buffers))
+    update = client_step(factory().to(device), GlobalState(round=unit.round, params=params, buffers=buffers),
+                         LocalData(client.train.x.to(device), client.train.y.to(device)), client_recipe,
+                         client=client.id, defenses=stages["update"],
+                         generator=torch.Generator(device=device).manual_seed(seed)).update
     view_recipe = recipe_from_update(update, step_transforms=recipe.step_transforms)
     return server_view(update, GlobalState(unit.round, params, buffers), factory, context, recipe=view_recipe,
                        prior=prior, secrets=secrets, defenses=tuple(scenario.defenses))
-
-
-class _Copies:
-    """A zero-argument factory of copies of one module (the malicious server's modified model)."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-
-    def __call__(self) -> torch.nn.Module:
-        return copy.deepcopy(self.module)
 
 
 def run_attack_unit(config: StudyConfig, unit: AttackUnit, out: Path) -> dict[str, Any]:

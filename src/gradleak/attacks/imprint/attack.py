@@ -91,7 +91,7 @@ class ImprintAttack(Attack):
             raise AttackError(f"imprint: block must be an ImprintBlock or a dict of its options, got {self.block!r}")
 
     def modify_model(self, model: nn.Module, image_shape: tuple[int, int, int], *, public: Tensor | None = None,
-                     generator: torch.Generator | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                     generator: torch.Generator | None = None) -> tuple[nn.Module, ImprintSecrets]:
         """Insert the imprint module (:func:`~gradleak.attacks.imprint.insert_imprint`); bins from the
         empirical CDF of ``public`` (normalised images the server holds) when the block's distribution asks."""
         if public is None and self.block.distribution == "empirical":
@@ -104,11 +104,12 @@ class ImprintAttack(Attack):
     def validate(self, view: ServerView) -> None:
         super().validate(view)
         if not isinstance(view.secrets, ImprintSecrets):
-            raise AttackError("the imprint attack needs the server's secrets: ServerView(secrets={'imprint': "
-                              "ImprintSecrets}) as returned by insert_imprint")
+            raise AttackError("the imprint attack needs the server's secrets: ServerView(secrets=ImprintSecrets) as "
+                              "returned by insert_imprint")
 
     def reconstruct(self, view: ServerView, generator: torch.Generator) -> Reconstruction:
         secrets = view.secrets
+        assert secrets is not None  # validate() checked it
         images, valid = [], []
         for update in view.updates:
             pixels, ok = self._attack_update(view, update, secrets)

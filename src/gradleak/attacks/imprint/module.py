@@ -166,7 +166,6 @@ class ImprintBlock:
     variant: Variant = "cumulative"
     loc: float | None = None
     scale: float | None = None
-    scale: float | None = None
     aggregate_size: int | None = None
     extra_rows: int = 0
     permute: bool = False
@@ -233,7 +232,9 @@ class ImprintBlock:
                         "targets": targets}
 
 
-def _identity_conv(conv: nn.Conv2d, channels: int) -> tuple[object, ...] | None:
+def _identity_conv(conv: nn.Module, channels: int) -> tuple[object, ...] | None:
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"cannot linearise {conv}: not a Conv2d")
     kh, kw = conv.kernel_size
     if conv.padding != (kh // 2, kw // 2) or conv.stride[0] != conv.stride[1] or conv.groups != 1:
         raise ValueError(f"cannot linearise {conv}: need centred padding, square stride and groups=1")
@@ -253,6 +254,7 @@ def _identity_bn(bn: nn.Module, channels: int, offset: float) -> None:
     bn.bias.zero_()
     bn.weight[:channels] = 1.0
     bn.bias[:channels] = offset
+    assert bn.running_mean is not None and bn.running_var is not None  # linearised BatchNorm tracks statistics
     bn.running_mean.zero_()
     bn.running_var.fill_(1.0)
 
@@ -268,9 +270,9 @@ def linearize_resnet(model: nn.Module, position: str, image_channels: int, offse
         raise ValueError(f"deeper placement needs a ResNet (conv1, bn1, layer1..layer4) and position in "
                          f"{RESNET_POSITIONS}; got {position!r}")
     bns, spatial = ["bn1"], []
-    op = _identity_conv(model.conv1, image_channels)
+    op = _identity_conv(model.get_submodule("conv1"), image_channels)
     spatial += [op] if op else []
-    _identity_bn(model.bn1, image_channels, offset)
+    _identity_bn(model.get_submodule("bn1"), image_channels, offset)
     if isinstance(model.maxpool, nn.MaxPool2d):
         p = model.maxpool
         spatial.append(("maxpool", p.kernel_size, p.stride, p.padding))

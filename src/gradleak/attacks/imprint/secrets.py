@@ -84,5 +84,5 @@ def reference_features(images: Tensor, secrets: ImprintSecrets) -> Tensor:
         if op[0] == "subsample":
             x = x[..., :: int(op[1]), :: int(op[1])]  # type: ignore[call-overload]
         else:
-            x = nn.functional.max_pool2d(x, op[1], op[2], op[3])  # type: ignore[arg-type]
+            x = nn.functional.max_pool2d(x, op[1], op[2], op[3])  # type: ignore[call-overload]
     return x

@@ -55,7 +55,7 @@ def main(root: str | None = None) -> None:
     here = Path(__file__).resolve().parent
     for name, (filename, _) in SAMPLES.items():
         out = here / filename
-        np.savez_compressed(out, **build(name, root))
+        np.savez_compressed(out, allow_pickle=False, **build(name, root))
         print(f"{out.name}: {out.stat().st_size} bytes")
 
 
