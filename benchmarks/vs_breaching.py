@@ -260,7 +260,7 @@ class Comparison:
 
     def prepare(self, case: str, round_: int, exchange: Path) -> dict:
         """Simulate the victims' updates (gradleak), draw the starting images, write breaching's inputs."""
-        from gradleak.attacks.replay import _generators
+        from gradleak.attacks.replay import split_generators
         from gradleak.audit import simulate_and_attack
         from gradleak.data.transforms import denormalize
 
@@ -275,7 +275,7 @@ class Comparison:
         views = zero.views
         # the attack's generator, as simulate_and_attack derives it: the same starting images for both tools
         attack_seed = torch.randint(0, 2**62, (3,), generator=torch.Generator().manual_seed(seed)).tolist()[1]
-        init = self.attack.problem(views).initial(_generators(torch.Generator().manual_seed(attack_seed),
+        init = self.attack.problem(views).initial(split_generators(torch.Generator().manual_seed(attack_seed),
                                                               len(views)))["x"]
         start = denormalize(init, self.dataset.mean, self.dataset.std).clamp(0, 1)
         got = torch.cat([r.images for r in zero.reconstructions])

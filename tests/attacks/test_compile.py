@@ -12,7 +12,7 @@ import torch
 
 from gradleak.attacks import CDIA, InvertingGradients, compiling
 from gradleak.attacks.base import AttackError
-from gradleak.attacks.replay import _generators
+from gradleak.attacks.replay import split_generators
 from gradleak.audit import simulate_and_attack
 from gradleak.fl import LocalRecipe
 from gradleak.models import create_model
@@ -27,7 +27,7 @@ def _same_iteration(attack, views, seed: int = 1) -> None:
     """Value and gradient of the eager and the compiled problem at the same starting point."""
     eager = attack.problem(views)
     compiled = dataclasses.replace(attack, compile=True).problem(views)
-    start = eager.initial(_generators(torch.Generator().manual_seed(seed), len(views)))
+    start = eager.initial(split_generators(torch.Generator().manual_seed(seed), len(views)))
     loss_e, grads_e = eager.value_and_grad(start)
     loss_c, grads_c = compiled.value_and_grad(start)
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
