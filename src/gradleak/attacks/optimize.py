@@ -179,35 +179,66 @@ def minimize(
 
     Parameters
     ----------
-    objective
-        ``variables -> (T,)`` per-trial objective (differentiable).
-    variables
-        Starting values; not modified.
-    iterations
-        Objective evaluations (= optimiser steps).
-    optimizer
-        Optimiser and schedule (default: Adam, lr 0.1, constant).
-    project
-        Applied after every step without gradient (box constraints).
-    trace_every
-        Record the objective every this many iterations.
+    objective, variables
+        ``variables -> (T,)`` per-trial objective (differentiable), and the starting values (not modified).
+    iterations, optimizer
+        Objective evaluations (= optimiser steps); optimiser and schedule (default: Adam, lr 0.1, constant).
+    project, trace_every
+        Applied after every step without gradient (box constraints); record the objective every this many
+        iterations.
     tolerance, check_every
         Stop once every trial's best objective is ``<= tolerance``, checked every ``check_every`` iterations
         (the only host synchronisation of the loop).
     value_and_grad
         Optional ``variables -> ((T,) objective, gradients)`` used instead of differentiating ``objective``
-        with ``torch.autograd`` (the attacks pass ``vmap(grad_and_value(...))``, see
-        :mod:`gradleak.attacks.replay`); ``objective`` then only scores the final iterate.
+        with ``torch.autograd`` (the replay attacks pass theirs); ``objective`` then only scores the final iterate.
     lr_scale
-        Per-variable factor on the learning rate (default 1): variables of another scale than the images
-        (dropout masks, a bottleneck's noise) take smaller steps. Adam and SGD only.
+        Per-variable factor on the learning rate (default 1; Adam and SGD): variables of another scale than the
+        images (dropout masks, a bottleneck's noise) take smaller steps.
     patience
         Stop a trial once its best objective has not improved for this many iterations (Scheliga et al. 2024:
-        4,000): the trial keeps its best iterate and takes no more steps; the loop ends when every trial has
-        stopped (checked every ``check_every`` iterations). Stopping only ends the search, it never replaces a
-        trial's best point.
+        4,000): it keeps its best iterate and takes no more steps; the loop ends when every trial has stopped
+        (checked every ``check_every`` iterations). Stopping never replaces a trial's best point.
     """
     cfg = optimizer or OptimizerConfig()
+    scale = _check(cfg, iterations, lr_scale, patience)
+    current = {k: v.detach().clone() for k, v in variables.items()}
+    track = _Tracker(current, cfg, patience)
+    step = _Step(cfg, scale, iterations, track.trials)
+    trace: list[Tensor] = []
+    trace_at: list[int] = []
+    done = 0
+    progress = _PROGRESS.get()
+    for i in range(iterations):
+        obj, values, grads = _evaluate(objective, value_and_grad, current)
+        with torch.no_grad():
+            better = track.remember(values, obj)
+            track.after(obj, better)
+            if i % trace_every == 0:
+                trace.append(obj)
+                trace_at.append(i)
+            current = step(i, values, grads, track.factor)
+            if patience is not None:
+                current = {k: torch.where(track.per_trial(track.active, v), v, values[k]) for k, v in current.items()}
+            if project is not None:
+                current = project(current)
+        done = i + 1
+        if progress is not None and done % check_every == 0:
+            progress(done, iterations, track.best_obj)
+        if tolerance is not None and done % check_every == 0 and bool((track.best_obj <= tolerance).all()):
+            break
+        if patience is not None and done % check_every == 0 and not bool(track.active.any()):
+            break
+    with torch.no_grad():
+        final = objective(current).detach()
+    track.remember(current, final)
+    if progress is not None:
+        progress(done, iterations, track.best_obj)
+    return track.result(trace, trace_at, done)
+
+
+def _check(cfg: OptimizerConfig, iterations: int, lr_scale: Mapping[str, float] | None, patience: int | None
+           ) -> dict[str, float]:
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     scale = dict(lr_scale or {})
@@ -217,116 +248,114 @@ def minimize(
         raise ValueError(f"lr_scale values must be positive and finite, got {scale}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
-    current = {k: v.detach().clone() for k, v in variables.items()}
-    first = next(iter(current.values()))
-    trials = first.shape[0]
-    best = {k: v.clone() for k, v in current.items()}
-    best_obj = torch.full((trials,), math.inf, device=first.device)
-    state: dict[str, Tensor] = {}
-    lbfgs = _LBFGS(cfg.history) if cfg.name == "lbfgs" else None
-    trace: list[Tensor] = []
-    trace_at: list[int] = []
-    plateau = cfg.schedule == "plateau"
-    # per trial, on the device: the plateau schedule's lr factor, its reference objective and bad iterations;
-    # the stopping rule's iterations since the best improved, and which trials still run
-    factor = torch.ones(trials, device=first.device)
-    reference = torch.full((trials,), math.inf, device=first.device)
-    bad = torch.zeros(trials, dtype=torch.long, device=first.device)
-    since = torch.zeros(trials, dtype=torch.long, device=first.device)
-    active = torch.ones(trials, dtype=torch.bool, device=first.device)
-    ran = torch.zeros(trials, dtype=torch.long, device=first.device)
+    return scale
 
+
+def _evaluate(objective: Callable[[Variables], Tensor],
+              value_and_grad: Callable[[Variables], tuple[Tensor, Variables]] | None,
+              current: Variables) -> tuple[Tensor, Variables, Variables]:
+    """The objective per trial, the variables it was evaluated at and their gradients (all detached)."""
+    if value_and_grad is not None:
+        leaves = current
+        obj, grads = value_and_grad(leaves)
+    else:
+        leaves = {k: v.requires_grad_(True) for k, v in current.items()}
+        obj = objective(leaves)
+        grads = dict(zip(leaves, torch.autograd.grad(obj.sum(), list(leaves.values())), strict=True))
+    with torch.no_grad():
+        return obj.detach(), {k: v.detach() for k, v in leaves.items()}, {k: g.detach() for k, g in grads.items()}
+
+
+class _Tracker:
+    """Per trial, on the device: the best iterate and objective, the plateau schedule's lr factor, reference
+    objective and bad iterations, the stopping rule's iterations since the best improved, which trials still
+    run and how many iterations each ran."""
+
+    def __init__(self, current: Variables, cfg: OptimizerConfig, patience: int | None) -> None:
+        first = next(iter(current.values()))
+        self.trials = trials = first.shape[0]
+        self.cfg, self.patience = cfg, patience
+        self.best = {k: v.clone() for k, v in current.items()}
+        self.best_obj = torch.full((trials,), math.inf, device=first.device)
+        self.factor = torch.ones(trials, device=first.device)
+        self.reference = torch.full((trials,), math.inf, device=first.device)
+        self.bad = torch.zeros(trials, dtype=torch.long, device=first.device)
+        self.since = torch.zeros(trials, dtype=torch.long, device=first.device)
+        self.active = torch.ones(trials, dtype=torch.bool, device=first.device)
+        self.ran = torch.zeros(trials, dtype=torch.long, device=first.device)
+
+    @staticmethod
     def per_trial(t: Tensor, like: Tensor) -> Tensor:
         return t.view(-1, *[1] * (like.dim() - 1))
 
-    def remember(values: Variables, obj: Tensor) -> Tensor:
-        nonlocal best_obj
-        better = (obj < best_obj) & active  # NaN never wins; a stopped trial keeps its best
+    def remember(self, values: Variables, obj: Tensor) -> Tensor:
+        better = (obj < self.best_obj) & self.active  # NaN never wins; a stopped trial keeps its best
         for k, v in values.items():
-            best[k] = torch.where(per_trial(better, v), v, best[k])
-        best_obj = torch.where(better, obj, best_obj)
+            self.best[k] = torch.where(self.per_trial(better, v), v, self.best[k])
+        self.best_obj = torch.where(better, obj, self.best_obj)
         return better
 
-    done = 0
-    progress = _PROGRESS.get()
-    for i in range(iterations):
-        if value_and_grad is not None:
-            leaves = current
-            obj, grads = value_and_grad(leaves)
-        else:
-            leaves = {k: v.requires_grad_(True) for k, v in current.items()}
-            obj = objective(leaves)
-            grads = dict(zip(leaves, torch.autograd.grad(obj.sum(), list(leaves.values())), strict=True))
-        obj = obj.detach()
-        with torch.no_grad():
-            values = {k: v.detach() for k, v in leaves.items()}
-            grads = {k: g.detach() for k, g in grads.items()}
-            better = remember(values, obj)
-            if plateau:  # ReduceLROnPlateau(mode="min", threshold=1e-4, threshold_mode="rel"), per trial
-                improved = obj < reference * (1 - 1e-4)
-                reference = torch.where(improved, obj, reference)
-                bad = torch.where(improved, 0, bad + 1)
-                cut = bad > cfg.plateau
-                factor = torch.where(cut, factor * cfg.gamma, factor)
-                bad = torch.where(cut, 0, bad)
-            if patience is not None:
-                ran += active.long()
-                since = torch.where(better, 0, since + 1)
-                active = active & (since < patience)
-            if i % trace_every == 0:
-                trace.append(obj)
-                trace_at.append(i)
-            if cfg.signed:
-                grads = {k: g.sign() for k, g in grads.items()}
-            lr = cfg.lr_at(i, iterations)
-            if lbfgs is not None:
-                flat_g = _flat(grads, trials)
-                step: Tensor | float = lr
-                if i == 0:  # per trial, as torch.optim.LBFGS's first step
-                    step = lr * (1.0 / flat_g.abs().sum(1, keepdim=True).clamp_min(1e-30)).clamp(max=1.0)
-                flat_x = _flat(values, trials)
-                current = _unflat(flat_x + step * lbfgs.direction(flat_x, flat_g), values)
-            elif cfg.name == "adam":
-                b1, b2 = cfg.betas
-                new = {}
-                for k, g in grads.items():
-                    # torch.optim.Adam's arithmetic (single-tensor path), moments updated in place
-                    if i == 0:
-                        state[k + "/m"], state[k + "/v"] = torch.zeros_like(g), torch.zeros_like(g)
-                    m, v = state[k + "/m"], state[k + "/v"]
-                    m.lerp_(g, 1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    denom = (v.sqrt() / math.sqrt(1 - b2 ** (i + 1))).add_(cfg.eps)
-                    step_size = lr * scale.get(k, 1.0) / (1 - b1 ** (i + 1))
-                    if plateau:
-                        new[k] = values[k] - per_trial(factor * step_size, m) * (m / denom)
-                    else:
-                        new[k] = values[k].addcdiv(m, denom, value=-step_size)
-                current = new
-            else:
-                current = {k: values[k] - (per_trial(factor * lr, g) if plateau else lr) * scale.get(k, 1.0) * g
-                           for k, g in grads.items()}
-            if patience is not None:
-                current = {k: torch.where(per_trial(active, v), v, values[k]) for k, v in current.items()}
-            if project is not None:
-                current = project(current)
-        done = i + 1
-        if progress is not None and done % check_every == 0:
-            progress(done, iterations, best_obj)
-        if tolerance is not None and done % check_every == 0 and bool((best_obj <= tolerance).all()):
-            break
-        if patience is not None and done % check_every == 0 and not bool(active.any()):
-            break
-    with torch.no_grad():
-        final = objective(current).detach()
-    remember(current, final)
-    if progress is not None:
-        progress(done, iterations, best_obj)
-    return OptimResult(
-        variables=best,
-        objective=best_obj,
-        trace=torch.stack(trace) if trace else torch.empty(0, trials, device=first.device),
-        trace_iterations=torch.tensor(trace_at, dtype=torch.long),
-        iterations=done,
-        trial_iterations=ran.cpu() if patience is not None else None,
-    )
+    def result(self, trace: list[Tensor], trace_at: list[int], done: int) -> OptimResult:
+        return OptimResult(
+            variables=self.best,
+            objective=self.best_obj,
+            trace=torch.stack(trace) if trace else torch.empty(0, self.trials, device=self.best_obj.device),
+            trace_iterations=torch.tensor(trace_at, dtype=torch.long),
+            iterations=done,
+            trial_iterations=self.ran.cpu() if self.patience is not None else None,
+        )
+
+    def after(self, obj: Tensor, better: Tensor) -> None:
+        """The plateau schedule and the stopping rule after an evaluation."""
+        if self.cfg.schedule == "plateau":  # ReduceLROnPlateau(mode="min", threshold=1e-4, threshold_mode="rel")
+            improved = obj < self.reference * (1 - 1e-4)
+            self.reference = torch.where(improved, obj, self.reference)
+            self.bad = torch.where(improved, 0, self.bad + 1)
+            cut = self.bad > self.cfg.plateau
+            self.factor = torch.where(cut, self.factor * self.cfg.gamma, self.factor)
+            self.bad = torch.where(cut, 0, self.bad)
+        if self.patience is not None:
+            self.ran += self.active.long()
+            self.since = torch.where(better, 0, self.since + 1)
+            self.active = self.active & (self.since < self.patience)
+
+
+class _Step:
+    """One optimiser step on every trial (Adam as ``torch.optim.Adam``, SGD, or batched L-BFGS)."""
+
+    def __init__(self, cfg: OptimizerConfig, scale: Mapping[str, float], iterations: int, trials: int) -> None:
+        self.cfg, self.scale, self.iterations, self.trials = cfg, scale, iterations, trials
+        self.state: dict[str, Tensor] = {}
+        self.lbfgs = _LBFGS(cfg.history) if cfg.name == "lbfgs" else None
+
+    def __call__(self, i: int, values: Variables, grads: Variables, factor: Tensor) -> Variables:
+        cfg = self.cfg
+        if cfg.signed:
+            grads = {k: g.sign() for k, g in grads.items()}
+        lr = cfg.lr_at(i, self.iterations)
+        if self.lbfgs is not None:
+            flat_g = _flat(grads, self.trials)
+            step: Tensor | float = lr
+            if i == 0:  # per trial, as torch.optim.LBFGS's first step
+                step = lr * (1.0 / flat_g.abs().sum(1, keepdim=True).clamp_min(1e-30)).clamp(max=1.0)
+            flat_x = _flat(values, self.trials)
+            return _unflat(flat_x + step * self.lbfgs.direction(flat_x, flat_g), values)
+        plateau = cfg.schedule == "plateau"
+        if cfg.name == "adam":
+            return {k: self._adam(i, k, values[k], g, lr, factor, plateau) for k, g in grads.items()}
+        return {k: values[k] - (_Tracker.per_trial(factor * lr, g) if plateau else lr) * self.scale.get(k, 1.0) * g
+                for k, g in grads.items()}
+
+    def _adam(self, i: int, k: str, value: Tensor, g: Tensor, lr: float, factor: Tensor, plateau: bool) -> Tensor:
+        """torch.optim.Adam's arithmetic (single-tensor path), moments updated in place."""
+        b1, b2 = self.cfg.betas
+        if i == 0:
+            self.state[k + "/m"], self.state[k + "/v"] = torch.zeros_like(g), torch.zeros_like(g)
+        m, v = self.state[k + "/m"], self.state[k + "/v"]
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v.sqrt() / math.sqrt(1 - b2 ** (i + 1))).add_(self.cfg.eps)
+        step_size = lr * self.scale.get(k, 1.0) / (1 - b1 ** (i + 1))
+        if plateau:
+            return value - _Tracker.per_trial(factor * step_size, m) * (m / denom)
+        return value.addcdiv(m, denom, value=-step_size)

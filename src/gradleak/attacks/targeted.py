@@ -40,16 +40,16 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from gradleak.attacks.base import ATTACKS, AttackError
 from gradleak.attacks.inverting_gradients import InvertingGradients
-from gradleak.attacks.replay import Targeting
+from gradleak.attacks.replay import Targeting, merge_targetings
 from gradleak.defenses.modules import CVB, PRECODE, DropoutDefense, VariationalBottleneck
 from gradleak.defenses.step import DPSGD, StepPrune
 from gradleak.defenses.update import PruneUpdate
@@ -171,6 +171,7 @@ class TargetedAttack(InvertingGradients):
         return ignore
 
     def targeting(self, views: Sequence[ServerView], model: nn.Module, recipe: LocalRecipe, n: int) -> Targeting:
+        """The merge of the partial targetings of this attack's components (:data:`COMPONENT_PARTS`)."""
         parts = self.components(views[0])
         if any(self.components(v) != parts for v in views[1:]):
             raise AttackError("views attacked together must use the same defenses")
@@ -180,84 +181,123 @@ class TargetedAttack(InvertingGradients):
             recipe = recipe.replace(step_transforms=tuple(t for t in recipe.step_transforms
                                                           if not isinstance(t, StepPrune)))
         shapes, order = _blank_replay(model, views[0], recipe, n)
-        leaves, scales, lr_scale, regs = {}, {}, {}, []
-        fixed: list[dict[str, Tensor]] = [{} for _ in views]
-        masks: list[dict[str, Tensor]] = []
-        ignore: frozenset[str] = frozenset()
-        modules = dict(model.named_modules())
-        drop_rate = {name: m.p for name, m in modules.items() if isinstance(m, nn.Dropout) and m.p > 0}
-        vb_names = {m.noise_name for m in modules.values() if isinstance(m, VariationalBottleneck)}
-        dp_keys = [k for k in shapes if _base(k).startswith("dp-sgd/")]
-
-        if "true-noise" in parts:
-            for i, v in enumerate(views):
-                given = v.client_noise
-                if given is None:
-                    raise AttackError("wiig needs the client's noise in view.client_noise (threat 'well-informed')")
-                missing = set(shapes) - set(given)
-                if missing:
-                    raise AttackError(f"view.client_noise lacks {sorted(missing)}")
-                fixed[i] = {k: given[k] for k in shapes}
-        if "dropout" in parts:
-            keys = [k for k in shapes if _base(k) in drop_rate]
-            if not keys:
-                raise AttackError("dia targets dropout and the model has no active nn.Dropout")
-            keep = {k: 1.0 - drop_rate[_base(k)] for k in keys}
-            for k in keys:
-                leaves[k] = _bernoulli(shapes[k], keep[k])
-                lr_scale[k] = self.noise_lr
-            regs.append(lambda z, keep=keep: self.mask_reg * sum((z[k].mean() - p).abs() for k, p in keep.items()))
-        if "bottleneck" in parts:
-            keys = [k for k in shapes if _base(k) in vb_names]
-            if not keys:
-                raise AttackError("vbia targets a variational bottleneck (precode/cvb) and the model has none")
-            for k in keys:
-                leaves[k] = _normal(shapes[k])
-                lr_scale[k] = self.noise_lr
-        if "dp-noise" in parts or "dp-mean" in parts:
-            dp = [d for d in views[0].defenses if isinstance(d, DPSGD)]
-            if not dp or not dp_keys:
-                raise AttackError("dpia targets dp-sgd and the view lists none (or its replay draws no DP noise)")
-            if "dp-noise" in parts:
-                std = dp[0].noise_multiplier * dp[0].clip
-                for k in dp_keys:
-                    leaves[k] = _normal(shapes[k])
-                    scales[k] = std
-                    lr_scale[k] = self.noise_lr
-                regs.append(lambda z, keys=tuple(dp_keys): self.dp_reg * sum(
-                    z[k].mean().pow(2) + (z[k].std(correction=0) - 1.0).pow(2) for k in keys))
-            else:
-                for f in fixed:
-                    f.update({k: torch.zeros(shapes[k]) for k in dp_keys})
-        if "pruning" in parts:
-            masks = [{k: (d != 0).to(d.dtype) for k, d in v.update.delta.items()} for v in views]
-        if "ignore" in parts:
-            ignore = self.ignored(model, order)
-
-        def inject(z: TensorDict) -> TensorDict:
-            return {k: v * scales[k] if k in scales else v for k, v in z.items()}
-
-        def regularizer(z: TensorDict) -> Tensor:
-            return sum(r(z) for r in regs)
-
-        mask_keys = [k for k in leaves if _base(k) in drop_rate]
-
-        def project(z: TensorDict) -> TensorDict:
-            return {k: v.clamp(0.0, 1.0) if k in mask_keys else v for k, v in z.items()}
-
-        return Targeting(leaves=leaves, inject=inject, fixed=fixed if any(fixed) else (), masks=masks,
-                         ignore=ignore, regularizer=regularizer if regs else None,
-                         project=project if mask_keys else None, lr_scale=lr_scale, recipe=recipe)
+        seen = _Replayed(views, model, recipe, shapes, order)
+        return merge_targetings([build(self, seen) for name, build in COMPONENT_PARTS.items() if name in parts],
+                                len(views))
 
 
-def _bernoulli(shape: torch.Size, keep: float):
+class _Replayed(NamedTuple):
+    """What a component reads: the victims' views, the attacker's model, the recipe replayed, and a blank
+    replay's noise shapes and module order."""
+
+    views: Sequence[ServerView]
+    model: nn.Module
+    recipe: LocalRecipe
+    shapes: dict[str, torch.Size]
+    order: dict[str, int]
+
+
+def _true_noise(attack: TargetedAttack, seen: _Replayed) -> Targeting:
+    """WIIG: the client's own noise, handed to the replay."""
+    fixed = []
+    for v in seen.views:
+        given = v.client_noise
+        if given is None:
+            raise AttackError("wiig needs the client's noise in view.client_noise (threat 'well-informed')")
+        missing = set(seen.shapes) - set(given)
+        if missing:
+            raise AttackError(f"view.client_noise lacks {sorted(missing)}")
+        fixed.append({k: given[k] for k in seen.shapes})
+    return Targeting(fixed=fixed)
+
+
+def _dropout_masks(attack: TargetedAttack, seen: _Replayed) -> Targeting:
+    """DIA: dropout masks optimised from Bernoulli(1 - p), clipped to [0, 1], with the mask-rate regulariser."""
+    rate = {name: m.p for name, m in seen.model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0}
+    keep = {k: 1.0 - rate[_base(k)] for k in seen.shapes if _base(k) in rate}
+    if not keep:
+        raise AttackError("dia targets dropout and the model has no active nn.Dropout")
+
+    def regularizer(z: TensorDict) -> Tensor:
+        return attack.mask_reg * sum((z[k].mean() - p).abs() for k, p in keep.items())  # type: ignore[return-value]
+
+    def project(z: TensorDict) -> TensorDict:
+        return {k: v.clamp(0.0, 1.0) if k in keep else v for k, v in z.items()}
+
+    return Targeting(leaves={k: _bernoulli(seen.shapes[k], p) for k, p in keep.items()}, regularizer=regularizer,
+                     project=project, lr_scale=dict.fromkeys(keep, attack.noise_lr))
+
+
+def _bottleneck_noise(attack: TargetedAttack, seen: _Replayed) -> Targeting:
+    """VBIA: the variational bottleneck's ε optimised from N(0, I)."""
+    names = {m.noise_name for m in seen.model.modules() if isinstance(m, VariationalBottleneck)}
+    keys = [k for k in seen.shapes if _base(k) in names]
+    if not keys:
+        raise AttackError("vbia targets a variational bottleneck (precode/cvb) and the model has none")
+    return Targeting(leaves={k: _normal(seen.shapes[k]) for k in keys}, lr_scale=dict.fromkeys(keys, attack.noise_lr))
+
+
+def _dp_keys(seen: _Replayed) -> tuple[DPSGD, list[str]]:
+    dp = [d for d in seen.views[0].defenses if isinstance(d, DPSGD)]
+    keys = [k for k in seen.shapes if _base(k).startswith("dp-sgd/")]
+    if not dp or not keys:
+        raise AttackError("dpia targets dp-sgd and the view lists none (or its replay draws no DP noise)")
+    return dp[0], keys
+
+
+def _dp_noise(attack: TargetedAttack, seen: _Replayed) -> Targeting:
+    """DPIA: a dummy DP noise σC·ξ optimised, ξ from N(0, I) regularised towards mean 0 and std 1."""
+    dp, keys = _dp_keys(seen)
+    std = dp.noise_multiplier * dp.clip
+
+    def inject(z: TensorDict) -> TensorDict:
+        return {k: v * std if k in keys else v for k, v in z.items()}
+
+    def regularizer(z: TensorDict) -> Tensor:
+        return attack.dp_reg * sum(z[k].mean().pow(2) + (z[k].std(correction=0) - 1.0).pow(2)  # type: ignore[return-value]
+                                   for k in keys)
+
+    return Targeting(leaves={k: _normal(seen.shapes[k]) for k in keys}, inject=inject, regularizer=regularizer,
+                     lr_scale=dict.fromkeys(keys, attack.noise_lr))
+
+
+def _dp_mean(attack: TargetedAttack, seen: _Replayed) -> Targeting:
+    """CDIA under DP: the DP noise replaced by its mean, 0."""
+    _, keys = _dp_keys(seen)
+    return Targeting(fixed=[{k: torch.zeros(seen.shapes[k]) for k in keys} for _ in seen.views])
+
+
+def _pruning_masks(attack: TargetedAttack, seen: _Replayed) -> Targeting:
+    """GPIA: the client's mask (the received update's non-zeros) on the dummy update; no pruning replayed."""
+    return Targeting(masks=[{k: (d != 0).to(d.dtype) for k, d in v.update.delta.items()} for v in seen.views],
+                     recipe=seen.recipe)
+
+
+def _ignored(attack: TargetedAttack, seen: _Replayed) -> Targeting:
+    """PIG: the stochastic gradients left out of the distance."""
+    return Targeting(ignore=attack.ignored(seen.model, seen.order))
+
+
+#: each targeted component and the partial targeting it contributes, in the order they are merged
+COMPONENT_PARTS: dict[str, Callable[[TargetedAttack, _Replayed], Targeting]] = {
+    "true-noise": _true_noise,
+    "dropout": _dropout_masks,
+    "bottleneck": _bottleneck_noise,
+    "dp-noise": _dp_noise,
+    "dp-mean": _dp_mean,
+    "pruning": _pruning_masks,
+    "ignore": _ignored,
+}
+
+
+def _bernoulli(shape: torch.Size, keep: float) -> Callable[[torch.Generator, int], Tensor]:
     def sample(g: torch.Generator, restarts: int) -> Tensor:
         return torch.bernoulli(torch.full((restarts, *shape), keep), generator=g)
 
     return sample
 
 
-def _normal(shape: torch.Size):
+def _normal(shape: torch.Size) -> Callable[[torch.Generator, int], Tensor]:
     def sample(g: torch.Generator, restarts: int) -> Tensor:
         return torch.randn((restarts, *shape), generator=g)
 
@@ -270,7 +310,6 @@ class WIIG(TargetedAttack):
     """Well-Informed Inverting Gradients (Scheliga et al. 2023, 2024 Sec. 4.1): the replay uses the client's
     true dropout masks, bottleneck ε and DP noise from ``view.client_noise`` (threat ``"well-informed"``)."""
 
-
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"true-noise"})
 
@@ -279,7 +318,6 @@ class WIIG(TargetedAttack):
 @dataclass(frozen=True)
 class DIA(TargetedAttack):
     """Dropout Inversion Attack (Scheliga et al. 2023): dropout masks optimised jointly with the images."""
-
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"dropout"})
@@ -320,7 +358,6 @@ class GPIA(TargetedAttack):
     """Gradient Pruning Inversion Attack (Scheliga et al. 2024, Sec. 4.2, Eq. 2): the client's pruning mask,
     read from the zeros of the received update, is applied to the dummy update."""
 
-
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"pruning"})
 
@@ -330,7 +367,6 @@ class GPIA(TargetedAttack):
 class VBIA(TargetedAttack):
     """Variational Bottleneck Inversion Attack (Scheliga et al. 2024, Sec. 4.3): PRECODE's/CVB's
     reparameterisation ε optimised jointly with the images."""
-
 
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"bottleneck"})
@@ -342,7 +378,6 @@ class DPIA(TargetedAttack):
     """Differential Privacy Inversion Attack (Scheliga et al. 2024, Sec. 4.1): a dummy DP noise optimised
     jointly with the images, regularised towards the DP noise's mean 0 and scale σC."""
 
-
     def components(self, view: ServerView) -> frozenset[str]:
         return frozenset({"dp-noise"})
 
@@ -352,7 +387,6 @@ class DPIA(TargetedAttack):
 class CDIA(TargetedAttack):
     """Combined Defenses Inversion Attack (Scheliga et al. 2024, Sec. 4.4, Algorithm 2): every targeted
     component that applies to the defenses listed in ``view.defenses``; plain IG with none."""
-
 
     def components(self, view: ServerView) -> frozenset[str]:
         parts = set()
