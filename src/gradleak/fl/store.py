@@ -1,68 +1,11 @@
-"""UpdateStore: a directory of client updates and global states, saved as safetensors + JSON.
-
-On-disk format (``FORMAT_VERSION = 1``)
----------------------------------------
-::
-
-    root/
-      store.json                                   {"format_version": 1, "kind": "gradleak-update-store",
-                                                    "created": ISO-8601 UTC time, "model_spec": {...} | null,
-                                                    "run": sha256 of the round-0 global's tensor file | null,
-                                                    "server": {...}}  (the last two optional)
-      globals/round_00003.safetensors              tensors "params/<name>", "buffers/<name>"
-      globals/round_00003.json                     sidecar (below)
-      updates/round_00003/client_00007.safetensors tensors "delta/<name>", "buffers/<name>"
-      updates/round_00003/client_00007.json        sidecar (below)
-
-``<name>`` is the ``named_parameters`` / ``named_buffers`` name (e.g. ``delta/0.weight``,
-``buffers/1.num_batches_tracked``). The sidecar of an update is a JSON object with exactly these keys::
-
-    {"format_version": 1, "kind": "update", "round": 3, "client": 7, "num_examples": 32,
-     "metadata": {...},                                   # ClientUpdate.metadata, round-tripped through JSON
-     "tensors": {"delta": [names...], "buffers": [names...]},
-     "sha256": "<hex digest of the .safetensors file>", "nbytes": <size of the .safetensors file>}
-
-A global sidecar has ``"kind": "global"``, no ``client`` / ``num_examples``, and
-``"tensors": {"params": [...], "buffers": [...]}``. An update's ``metadata`` may hold ``"withheld"``: the
-names of parameters (or buffers) a defense kept back, which may then be missing when checking against a model.
-
-One store, one run
-------------------
-A store holds the records of one federated run. Its identity is the SHA-256 of the round-0 global model's tensor
-file, fixed when that model is first saved (``store.json`` ``"run"``); saving another round-0 global model
-raises :class:`RunMismatchError`, so a second run can never add its updates beside the first run's (a resumed
-simulation starts from the same round-0 model and continues). :meth:`UpdateStore.check` verifies the chain:
-every record loads, no tensor file lacks its sidecar, every round from 0 to the last has its global model, and
-the round-0 model is the run's.
-
-``"server"`` holds what the server knows besides the records, as the recorder was told or saw it (free-form
-JSON, written by :meth:`UpdateStore.update_server_info`): the input the model takes (``"input"``: size,
-channels, resize, mean, std), the clients' declared recipe (``"recipe"``), the engine's client ids mapped to the
-store's small ids (``"clients"``).
-
-Guarantees
-----------
-* Saves are atomic and ordered: the tensor file is written first, the sidecar last, each via a temporary file
-  in the same directory, ``fsync`` and :func:`os.replace`. A present sidecar therefore means a complete
-  record; a tensor file without a sidecar is an interrupted save and the record counts as absent.
-  Overwriting needs ``overwrite=True`` (it first removes the old sidecar, so a crash leaves the record
-  absent, never mixed).
-* Loading never unpickles (see :mod:`gradleak.fl.safefile`). Every problem — missing or malformed sidecar,
-  checksum mismatch, hostile header, NaN/inf, names/shapes/dtypes that do not fit the model — raises
-  :class:`gradleak.errors.UpdateFileError` naming the file and what is wrong.
-
-Examples
---------
->>> store = UpdateStore("runs/study1")  # doctest: +SKIP
->>> store.save_update(update)  # doctest: +SKIP
->>> store.load_update(round=0, client=3, model=model)  # doctest: +SKIP
-"""
+"""UpdateStore: a directory of client updates and global states, saved as safetensors + JSON (the on-disk format
+and its validation: :mod:`gradleak.fl.store_format`). A store holds one run; records are written atomically and
+read without unpickling, each checked against its sidecar and, given a model, against the model."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,21 +23,23 @@ from gradleak.fl.safefile import (
     read_safetensors_strict,
     sha256_hex,
 )
+from gradleak.fl.store_format import (
+    FORMAT_VERSION,
+    MAX_SIDECAR_BYTES,
+    OPTIONAL_STORE_KEYS,
+    SECTIONS,
+    SHA_RE,
+    STORE_KEYS,
+    STORE_KIND,
+    check_index,
+    is_int,
+    record_ids,
+    validate_sidecar,
+)
 from gradleak.models import ModelSpec
 from gradleak.records import ClientUpdate, GlobalState
 
 __all__ = ["FORMAT_VERSION", "RecordExistsError", "RunMismatchError", "UpdateStore", "read_safetensors_strict"]
-
-FORMAT_VERSION = 1
-STORE_KIND = "gradleak-update-store"
-_SECTIONS = {"update": ("delta", "buffers"), "global": ("params", "buffers")}
-_COMMON_KEYS = {"format_version", "kind", "round", "metadata", "tensors", "sha256", "nbytes"}
-_SIDECAR_KEYS = {"update": _COMMON_KEYS | {"client", "num_examples"}, "global": _COMMON_KEYS}
-_STORE_KEYS = {"format_version", "kind", "created", "model_spec"}
-_OPTIONAL_STORE_KEYS = {"run", "server"}
-_SHA_RE = re.compile(r"[0-9a-f]{64}")
-_MAX_SIDECAR_BYTES = 16 * 1024 * 1024
-
 
 class RecordExistsError(GradleakError, FileExistsError):
     """A record is already saved and ``overwrite=True`` was not given."""
@@ -102,74 +47,6 @@ class RecordExistsError(GradleakError, FileExistsError):
 
 class RunMismatchError(GradleakError):
     """A record of another run: the store holds one run, identified by its round-0 global model."""
-
-
-def _index(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
-    return value
-
-
-def _ids(directory: Path, prefix: str, suffix: str) -> list[int]:
-    """Ids ``n`` of entries named ``{prefix}{n:05d}{suffix}`` (canonical spelling only), sorted."""
-    pattern = re.compile(rf"{re.escape(prefix)}(\d+){re.escape(suffix)}")
-    if not directory.is_dir():
-        return []
-    out = []
-    for entry in directory.iterdir():
-        match = pattern.fullmatch(entry.name)
-        if match and entry.name == f"{prefix}{int(match.group(1)):05d}{suffix}":
-            out.append(int(match.group(1)))
-    return sorted(out)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_name_list(value: object) -> bool:
-    return (isinstance(value, list) and all(isinstance(v, str) for v in value)
-            and len(set(value)) == len(value))
-
-
-def _validate_sidecar(side: dict[str, Any], kind: str, expected: dict[str, int], path: Path) -> None:
-    """Check a parsed sidecar's keys, types and ids; raise :class:`UpdateFileError` on the first problem."""
-    keys = _SIDECAR_KEYS[kind]
-    if side.get("kind") != kind:
-        raise UpdateFileError(path, f"sidecar kind is {side.get('kind')!r}; expected {kind!r}")
-    if not _is_int(side.get("format_version")):
-        raise UpdateFileError(path, "sidecar format_version must be an integer")
-    if side["format_version"] != FORMAT_VERSION:
-        raise UpdateFileError(path, f"sidecar has format_version {side['format_version']}; this version of "
-                                    f"gradleak reads format {FORMAT_VERSION}")
-    if missing := sorted(keys - set(side)):
-        raise UpdateFileError(path, f"sidecar lacks keys {missing}")
-    if unknown := sorted(set(side) - keys):
-        raise UpdateFileError(path, f"sidecar has unknown keys {unknown}")
-    for key, value in expected.items():
-        if not _is_int(side[key]):
-            raise UpdateFileError(path, f"sidecar {key} must be an integer, got {side[key]!r}")
-        if side[key] != value:
-            raise UpdateFileError(path, f"sidecar says {key} {side[key]} but the file name says {value}")
-    if "num_examples" in keys and not (_is_int(side["num_examples"]) and side["num_examples"] >= 0):
-        raise UpdateFileError(path, f"sidecar num_examples must be a non-negative integer, "
-                                    f"got {side['num_examples']!r}")
-    if not isinstance(side["metadata"], dict):
-        raise UpdateFileError(path, "sidecar metadata must be a JSON object")
-    if "withheld" in side["metadata"] and not _is_name_list(side["metadata"]["withheld"]):
-        raise UpdateFileError(path, "sidecar metadata 'withheld' must be a list of distinct tensor names")
-    tensors = side["tensors"]
-    if not isinstance(tensors, dict) or set(tensors) != set(_SECTIONS[kind]):
-        raise UpdateFileError(path, f"sidecar tensors must be an object with keys {list(_SECTIONS[kind])}")
-    for section, names in tensors.items():
-        if not _is_name_list(names):
-            raise UpdateFileError(path, f"sidecar tensors.{section} must be a list of distinct names")
-    if not (isinstance(side["sha256"], str) and _SHA_RE.fullmatch(side["sha256"])):
-        raise UpdateFileError(path, "sidecar sha256 must be 64 lowercase hex digits")
-    if not (_is_int(side["nbytes"]) and side["nbytes"] >= 0):
-        raise UpdateFileError(path, "sidecar nbytes must be a non-negative integer")
 
 
 class UpdateStore:
@@ -223,12 +100,12 @@ class UpdateStore:
     # -- paths -------------------------------------------------------------------------------------------
     def update_path(self, round: int, client: int) -> Path:
         """The ``.safetensors`` file of an update (its sidecar is ``.with_suffix('.json')``)."""
-        r, c = _index(round, "round"), _index(client, "client")
+        r, c = check_index(round, "round"), check_index(client, "client")
         return self.path / "updates" / f"round_{r:05d}" / f"client_{c:05d}.safetensors"
 
     def global_path(self, round: int) -> Path:
         """The ``.safetensors`` file of a global state (its sidecar is ``.with_suffix('.json')``)."""
-        return self.path / "globals" / f"round_{_index(round, 'round'):05d}.safetensors"
+        return self.path / "globals" / f"round_{check_index(round, 'round'):05d}.safetensors"
 
     # -- saving ------------------------------------------------------------------------------------------
     def save_update(self, update: ClientUpdate, *, overwrite: bool = False) -> Path:
@@ -243,7 +120,7 @@ class UpdateStore:
         """
         path = self.update_path(update.round, update.client)
         side = {"kind": "update", "round": update.round, "client": update.client,
-                "num_examples": _index(update.num_examples, "num_examples"), "metadata": update.metadata}
+                "num_examples": check_index(update.num_examples, "num_examples"), "metadata": update.metadata}
         expected = {"round": update.round, "client": update.client}
         self._write_record(path, "update", {"delta": update.delta, "buffers": update.buffers}, side, expected,
                            overwrite)
@@ -306,7 +183,7 @@ class UpdateStore:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{kind} metadata must be JSON-serialisable (no NaN/inf): {exc}") from None
         try:
-            _validate_sidecar(json.loads(text), kind, expected, sidecar)
+            validate_sidecar(json.loads(text), kind, expected, sidecar)
         except UpdateFileError as exc:
             raise ValueError(f"cannot save this {kind}: {exc.problem}") from None
         if run:
@@ -360,8 +237,8 @@ class UpdateStore:
             state = ("an interrupted save left only the tensor file" if path.exists()
                      else "nothing was saved")
             raise UpdateFileError(sidecar, f"no {kind} saved for {ids}: missing sidecar ({state})")
-        side = read_json_object(sidecar, max_bytes=_MAX_SIDECAR_BYTES, what="sidecar")
-        _validate_sidecar(side, kind, expected, sidecar)
+        side = read_json_object(sidecar, max_bytes=MAX_SIDECAR_BYTES, what="sidecar")
+        validate_sidecar(side, kind, expected, sidecar)
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -388,7 +265,7 @@ class UpdateStore:
         }
         if model is not None:
             withheld = side["metadata"].get("withheld", []) if kind == "update" else ()
-            check_against_model(path, sections, model, param_section=_SECTIONS[kind][0],
+            check_against_model(path, sections, model, param_section=SECTIONS[kind][0],
                                 allow_missing=withheld, buffers_optional=kind == "update")
         return side, sections
 
@@ -403,15 +280,15 @@ class UpdateStore:
 
     def clients(self, round: int) -> list[int]:
         """Clients with a complete update in ``round``, sorted."""
-        return _ids(self.path / "updates" / f"round_{_index(round, 'round'):05d}", "client_", ".json")
+        return record_ids(self.path / "updates" / f"round_{check_index(round, 'round'):05d}", "client_", ".json")
 
     def rounds(self) -> list[int]:
         """Rounds with at least one complete update, sorted."""
-        return [r for r in _ids(self.path / "updates", "round_", "") if self.clients(r)]
+        return [r for r in record_ids(self.path / "updates", "round_", "") if self.clients(r)]
 
     def global_rounds(self) -> list[int]:
         """Rounds with a saved global state, sorted."""
-        return _ids(self.path / "globals", "round_", ".json")
+        return record_ids(self.path / "globals", "round_", ".json")
 
     def last_complete_round(self) -> int | None:
         """The highest round with a saved global state, or ``None`` (where a resumed run picks up)."""
@@ -458,7 +335,7 @@ class UpdateStore:
                 problems.append(f"{self.global_path(r).with_suffix('.json')}: round {r} {what}")
         run = self.run_id
         if run is not None and self.has_global(0):
-            side = read_json_object(self.global_path(0).with_suffix(".json"), max_bytes=_MAX_SIDECAR_BYTES,
+            side = read_json_object(self.global_path(0).with_suffix(".json"), max_bytes=MAX_SIDECAR_BYTES,
                                     what="sidecar")
             if side.get("sha256") != run:
                 problems.append(f"{self.global_path(0)}: the round-0 global model is not the one this store's run "
@@ -476,14 +353,14 @@ class UpdateStore:
         meta = read_json_object(path, max_bytes=1024 * 1024, what="store.json")
         if meta.get("kind") != STORE_KIND:
             raise UpdateFileError(path, f"not an update store (kind {meta.get('kind')!r})")
-        if not _is_int(meta.get("format_version")) or meta["format_version"] != FORMAT_VERSION:
+        if not is_int(meta.get("format_version")) or meta["format_version"] != FORMAT_VERSION:
             raise UpdateFileError(path, f"store format_version {meta.get('format_version')!r}; this version "
                                         f"of gradleak reads format {FORMAT_VERSION}")
-        if not _STORE_KEYS <= set(meta) <= _STORE_KEYS | _OPTIONAL_STORE_KEYS:
-            raise UpdateFileError(path, f"store.json must have the keys {sorted(_STORE_KEYS)} and may have "
-                                        f"{sorted(_OPTIONAL_STORE_KEYS)}")
+        if not STORE_KEYS <= set(meta) <= STORE_KEYS | OPTIONAL_STORE_KEYS:
+            raise UpdateFileError(path, f"store.json must have the keys {sorted(STORE_KEYS)} and may have "
+                                        f"{sorted(OPTIONAL_STORE_KEYS)}")
         run = meta.get("run")
-        if run is not None and not (isinstance(run, str) and _SHA_RE.fullmatch(run)):
+        if run is not None and not (isinstance(run, str) and SHA_RE.fullmatch(run)):
             raise UpdateFileError(path, "store.json run must be null or 64 lowercase hex digits")
         if not isinstance(meta.get("server") or {}, dict):
             raise UpdateFileError(path, "store.json server must be an object")
