@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gradleak import cli
-from gradleak.cli import _parse_options, app
+from gradleak.cli import app
+from gradleak.cli.attack import _parse_options
 from gradleak.fl.safefile import atomic_write_bytes
 from tests.study._helpers import tiny, write_config
 
