@@ -8,12 +8,10 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from gradleak.fl.safefile import atomic_write_bytes
+from gradleak.report.curves import accuracy_curves, curves_vs_param, curves_vs_training
 from gradleak.report.data import load_study
 from gradleak.report.figures import (
     Figure,
-    accuracy_curves,
-    curves_vs_param,
-    curves_vs_training,
     evidence_figures,
     recon_grids,
     tsne_figure,
