@@ -40,14 +40,15 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from gradleak.attacks.base import ATTACKS, AttackError
+from gradleak.attacks.components import COMPONENT_PARTS, Replayed
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.replay import Targeting, merge_targetings
 from gradleak.defenses.modules import CVB, PRECODE, DropoutDefense, VariationalBottleneck
@@ -129,10 +130,6 @@ def _blank_replay(model: nn.Module, view: ServerView, recipe: LocalRecipe, n: in
     return {k: v.shape for k, v in out.noise.items()}, order
 
 
-def _base(key: str) -> str:
-    return key.rsplit("@", 1)[0]
-
-
 @dataclass(frozen=True)
 class TargetedAttack(InvertingGradients):
     """Inverting gradients with a targeted replay (see the module docstring); subclasses pick components.
@@ -181,127 +178,9 @@ class TargetedAttack(InvertingGradients):
             recipe = recipe.replace(step_transforms=tuple(t for t in recipe.step_transforms
                                                           if not isinstance(t, StepPrune)))
         shapes, order = _blank_replay(model, views[0], recipe, n)
-        seen = _Replayed(views, model, recipe, shapes, order)
+        seen = Replayed(views, model, recipe, shapes, order)
         return merge_targetings([build(self, seen) for name, build in COMPONENT_PARTS.items() if name in parts],
                                 len(views))
-
-
-class _Replayed(NamedTuple):
-    """What a component reads: the victims' views, the attacker's model, the recipe replayed, and a blank
-    replay's noise shapes and module order."""
-
-    views: Sequence[ServerView]
-    model: nn.Module
-    recipe: LocalRecipe
-    shapes: dict[str, torch.Size]
-    order: dict[str, int]
-
-
-def _true_noise(attack: TargetedAttack, seen: _Replayed) -> Targeting:
-    """WIIG: the client's own noise, handed to the replay."""
-    fixed = []
-    for v in seen.views:
-        given = v.client_noise
-        if given is None:
-            raise AttackError("wiig needs the client's noise in view.client_noise (threat 'well-informed')")
-        missing = set(seen.shapes) - set(given)
-        if missing:
-            raise AttackError(f"view.client_noise lacks {sorted(missing)}")
-        fixed.append({k: given[k] for k in seen.shapes})
-    return Targeting(fixed=fixed)
-
-
-def _dropout_masks(attack: TargetedAttack, seen: _Replayed) -> Targeting:
-    """DIA: dropout masks optimised from Bernoulli(1 - p), clipped to [0, 1], with the mask-rate regulariser."""
-    rate = {name: m.p for name, m in seen.model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0}
-    keep = {k: 1.0 - rate[_base(k)] for k in seen.shapes if _base(k) in rate}
-    if not keep:
-        raise AttackError("dia targets dropout and the model has no active nn.Dropout")
-
-    def regularizer(z: TensorDict) -> Tensor:
-        return attack.mask_reg * sum((z[k].mean() - p).abs() for k, p in keep.items())  # type: ignore[return-value]
-
-    def project(z: TensorDict) -> TensorDict:
-        return {k: v.clamp(0.0, 1.0) if k in keep else v for k, v in z.items()}
-
-    return Targeting(leaves={k: _bernoulli(seen.shapes[k], p) for k, p in keep.items()}, regularizer=regularizer,
-                     project=project, lr_scale=dict.fromkeys(keep, attack.noise_lr))
-
-
-def _bottleneck_noise(attack: TargetedAttack, seen: _Replayed) -> Targeting:
-    """VBIA: the variational bottleneck's ε optimised from N(0, I)."""
-    names = {m.noise_name for m in seen.model.modules() if isinstance(m, VariationalBottleneck)}
-    keys = [k for k in seen.shapes if _base(k) in names]
-    if not keys:
-        raise AttackError("vbia targets a variational bottleneck (precode/cvb) and the model has none")
-    return Targeting(leaves={k: _normal(seen.shapes[k]) for k in keys}, lr_scale=dict.fromkeys(keys, attack.noise_lr))
-
-
-def _dp_keys(seen: _Replayed) -> tuple[DPSGD, list[str]]:
-    dp = [d for d in seen.views[0].defenses if isinstance(d, DPSGD)]
-    keys = [k for k in seen.shapes if _base(k).startswith("dp-sgd/")]
-    if not dp or not keys:
-        raise AttackError("dpia targets dp-sgd and the view lists none (or its replay draws no DP noise)")
-    return dp[0], keys
-
-
-def _dp_noise(attack: TargetedAttack, seen: _Replayed) -> Targeting:
-    """DPIA: a dummy DP noise σC·ξ optimised, ξ from N(0, I) regularised towards mean 0 and std 1."""
-    dp, keys = _dp_keys(seen)
-    std = dp.noise_multiplier * dp.clip
-
-    def inject(z: TensorDict) -> TensorDict:
-        return {k: v * std if k in keys else v for k, v in z.items()}
-
-    def regularizer(z: TensorDict) -> Tensor:
-        return attack.dp_reg * sum(z[k].mean().pow(2) + (z[k].std(correction=0) - 1.0).pow(2)  # type: ignore[return-value]
-                                   for k in keys)
-
-    return Targeting(leaves={k: _normal(seen.shapes[k]) for k in keys}, inject=inject, regularizer=regularizer,
-                     lr_scale=dict.fromkeys(keys, attack.noise_lr))
-
-
-def _dp_mean(attack: TargetedAttack, seen: _Replayed) -> Targeting:
-    """CDIA under DP: the DP noise replaced by its mean, 0."""
-    _, keys = _dp_keys(seen)
-    return Targeting(fixed=[{k: torch.zeros(seen.shapes[k]) for k in keys} for _ in seen.views])
-
-
-def _pruning_masks(attack: TargetedAttack, seen: _Replayed) -> Targeting:
-    """GPIA: the client's mask (the received update's non-zeros) on the dummy update; no pruning replayed."""
-    return Targeting(masks=[{k: (d != 0).to(d.dtype) for k, d in v.update.delta.items()} for v in seen.views],
-                     recipe=seen.recipe)
-
-
-def _ignored(attack: TargetedAttack, seen: _Replayed) -> Targeting:
-    """PIG: the stochastic gradients left out of the distance."""
-    return Targeting(ignore=attack.ignored(seen.model, seen.order))
-
-
-#: each targeted component and the partial targeting it contributes, in the order they are merged
-COMPONENT_PARTS: dict[str, Callable[[TargetedAttack, _Replayed], Targeting]] = {
-    "true-noise": _true_noise,
-    "dropout": _dropout_masks,
-    "bottleneck": _bottleneck_noise,
-    "dp-noise": _dp_noise,
-    "dp-mean": _dp_mean,
-    "pruning": _pruning_masks,
-    "ignore": _ignored,
-}
-
-
-def _bernoulli(shape: torch.Size, keep: float) -> Callable[[torch.Generator, int], Tensor]:
-    def sample(g: torch.Generator, restarts: int) -> Tensor:
-        return torch.bernoulli(torch.full((restarts, *shape), keep), generator=g)
-
-    return sample
-
-
-def _normal(shape: torch.Size) -> Callable[[torch.Generator, int], Tensor]:
-    def sample(g: torch.Generator, restarts: int) -> Tensor:
-        return torch.randn((restarts, *shape), generator=g)
-
-    return sample
 
 
 @ATTACKS.register("wiig")

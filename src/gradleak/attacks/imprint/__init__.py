@@ -22,18 +22,19 @@ Example
 >>> view = ServerView(..., secrets=secrets)                                                # doctest: +SKIP
 >>> reconstruction = ImprintAttack()(view)        # images in bin order, valid marks single inputs  # doctest: +SKIP
 
-The package: :mod:`~gradleak.attacks.imprint.secrets` (what the server keeps), :mod:`~gradleak.attacks.imprint.module`
-(building and inserting the module), :mod:`~gradleak.attacks.imprint.attack` (reading inputs out of the update),
+The package: :mod:`~gradleak.attacks.imprint.secrets` (what the server keeps),
+:mod:`~gradleak.attacks.imprint.module` (building and inserting the module; :mod:`~gradleak.attacks.imprint.linearize`
+for a deeper placement), :mod:`~gradleak.attacks.imprint.attack` (reading inputs out of the update),
 :mod:`~gradleak.attacks.imprint.theory` (how many to expect).
 """
 
 from gradleak.attacks.imprint.attack import ImprintAttack, recover_bins
+from gradleak.attacks.imprint.linearize import linearize_resnet
 from gradleak.attacks.imprint.module import (
     ImprintBlock,
     ImprintBottleneck,
     bin_edges,
     insert_imprint,
-    linearize_resnet,
     measurement_vector,
 )
 from gradleak.attacks.imprint.secrets import BNStage, ImprintSecrets, Variant, reference_features
