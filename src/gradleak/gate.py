@@ -25,10 +25,8 @@ the verdict of every image, wall times): a record for the client to keep. Nothin
 
 Cost. Each ladder step runs every attack once (all restarts together): the price of one attack (for
 ``fedavg-inversion`` the client's local training replayed with double backward, per iteration) times the steps
-tried. On 2 CPU cores, ResNet-8 at 32×32, 300 iterations × 3 restarts: about 10 s per step for a one-image
-client (52 s for the five steps up to σ0 = 3) and 300 s for a 64-image client with eight local steps
-(``benchmarks/gate_hospital.py``). A "pass" is a statement about *this* attack and budget (they are in the
-evidence), not a proof that no attacker can do better.
+tried; it grows with the model, the client's images and its local steps. A "pass" is a statement about *this*
+attack and budget (they are in the evidence), not a proof that no attacker can do better.
 
 Examples
 --------

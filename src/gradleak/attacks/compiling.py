@@ -7,17 +7,14 @@ compilation to cost:
 - no compiler for the device (a C++ compiler on a CPU, Triton on a GPU): eager, with one warning per process;
 - an attack of fewer than :data:`MIN_ITERATIONS` iterations: eager (the timing alone would cost more);
 - otherwise the eager iteration time ``t`` over :data:`PROBE` iterations gives the remaining eager time
-  ``t · remaining``; compiling saves ``(1 - 1/SPEEDUP)`` of it (:data:`SPEEDUP` is the smallest measured
-  speed-up, ``benchmarks/results/vs_breaching_cpu.json``); the cost is the last measured cost when the
-  on-disk cache holds the problem (:func:`compile_record`), else :data:`COLD_SECONDS`;
+  ``t · remaining``; compiling saves ``(1 - 1/SPEEDUP)`` of it (:data:`SPEEDUP`: a conservative compiled-over-eager
+  speed-up of an iteration on a CPU); the cost is the last measured cost when the on-disk cache holds the problem
+  (:func:`compile_record`), else :data:`COLD_SECONDS`;
 - a problem this process compiled before costs nothing (Dynamo reuses it): compiled from the first iteration.
 
 With these constants the break-even is an eager time left of ``cost / (1 - 1/SPEEDUP)``: 30 s before the first
-compilation of a problem, 3× the recorded cost after (e.g. 6 s for a 2 s compilation). Measured on this
-project's 2-core CPU, 1 thread, the small CNN on CIFAR-10 (``make bench-breaching``): eager 1.34 / 3.29 /
-9.9 ms an iteration at batch 1 / batch 8 / 16 victims, compiled 0.57 / 2.19 / 5.7 ms, a cold compilation
-0.9-2.2 s: compiling pays after about 2,900 / 800 / 300 iterations when cold. The rule is conservative: it
-compiles a first run only when about 30 s of eager work is left.
+compilation of a problem, 3× the recorded cost after (e.g. 6 s for a 2 s compilation). The rule is
+conservative: it compiles a first run only when about 30 s of eager work is left.
 
 The compiled and the eager iteration compute the same numbers to float rounding (Inductor fuses and reorders
 arithmetic), so switching mid-run changes results only at that level. Inductor's caches persist on disk across
@@ -53,11 +50,9 @@ IterationFn = Callable[[TensorDict], tuple[Tensor, TensorDict]]
 MIN_ITERATIONS = 200
 #: eager iterations timed before deciding (after one untimed warm-up iteration)
 PROBE = 5
-#: the smallest measured compiled-over-eager speed-up of an iteration on a CPU (the small CNN, CIFAR-10, 1 thread:
-#: batch 1 2.35x, batch 8 1.50x, 16 victims 2.2x; benchmarks/results/vs_breaching_cpu.json)
+#: a conservative compiled-over-eager speed-up of an attack iteration on a CPU (the small models' smallest)
 SPEEDUP = 1.5
-#: assumed cost of a first compilation that no cache holds (the small CNN: 1-2 s on an idle 2-core machine, up to
-#: 10 s with the other core busy)
+#: assumed cost in seconds of a first compilation that no cache holds (a small model's, on a busy machine)
 COLD_SECONDS = 10.0
 
 #: problems compiled in this process (Dynamo's in-memory cache holds them)

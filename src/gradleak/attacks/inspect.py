@@ -13,8 +13,8 @@ range; its ``up`` projection repeats one column. :func:`inspect_model` looks at 
   distinct, and monotone in row order unless the server permuted the bins.
 
 The paper's evasions — extra random rows and permuted bins — keep the bin rows collinear and are caught;
-perturbing every bin row by a large random vector escapes these checks but also breaks the attack's bins
-(see ``benchmarks/bench_imprint.py``). Model analysis cannot rule out every malicious construction.
+perturbing every bin row by a large random vector escapes these checks but also breaks the attack's bins.
+Model analysis cannot rule out every malicious construction.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ weight is Scheliga et al. 2024's (Section 5.2) and suits natural and medical ima
 ``cnn``, batch 1, one SGD step, 16 test images per dataset (CIFAR-10: drawn at random, other than the
 benchmark's victims; MNIST, PneumoniaMNIST: the first 16), TV
 ``1e-4`` (Geiping et al.'s MNIST-era default here before) against ``1e-2``: CIFAR-10 SSIM 0.670 -> 0.851, MNIST
-0.830 -> 0.906, PneumoniaMNIST 0.876 -> 0.862; ``2e-2`` gave CIFAR-10 0.843. The benchmark figures:
-``benchmarks/fidelity_attacks.py --only defaults``.
+0.830 -> 0.906, PneumoniaMNIST 0.876 -> 0.862; ``2e-2`` gave CIFAR-10 0.843.
 
 The paper's own schedule (Section 5.2: unsigned Adam from lr 1, cut by 10 after 400 iterations without
 improvement, stop after 4,000 without improvement or at 20,000) is ``schedule="plateau", signed=False, lr=1.0,

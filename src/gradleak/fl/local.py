@@ -282,8 +282,7 @@ def _batch_gradient(loss_fn, params: TensorDict, buffers: TensorDict, xb: Tensor
 
     Under a :mod:`torch.func` transform (an attacker's vmapped trials) this is :func:`torch.func.grad`. With no
     transform active it is :func:`torch.autograd.grad`: the same backward kernels and the same numbers, without
-    a wrapper layer around every tensor (the double backward of a single-trial attack is ~25% cheaper on a CPU;
-    benchmarks/results/vs_breaching_profile.md).
+    a wrapper layer around every tensor (a cheaper double backward for a single-trial attack).
     """
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return grad(loss_fn, has_aux=True)(params, buffers, xb, yb)

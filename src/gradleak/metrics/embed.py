@@ -212,7 +212,7 @@ def tsne(
         Optimisation iterations (scikit-learn's default 1000; at least 250).
     num_threads
         OpenMP threads for scikit-learn's gradient. 1 by default: with torch loaded in the same process, the
-        shared libgomp pool made a 40-point map take 2-10 s instead of 0.2 s on a busy 2-core machine.
+        shared libgomp pool makes small maps many times slower on a busy machine.
         ``None`` leaves the thread pool as it is (worth it for many thousands of points on an idle machine).
 
     Returns

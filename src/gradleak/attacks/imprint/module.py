@@ -146,7 +146,7 @@ class ImprintBlock:
         precision on a row is about ``2⁻²⁴ · |params| / |step|`` ∝ ``c0² / gain``, while a local step moves the
         bins by ∝ ``gain / c0²`` bin widths. Default ``1e-4``: exact recovery. The paper raises ``c0`` against
         drift over FedAvg's local steps (Sec. 4.3); with float32 updates that costs more precision than it
-        saves (``benchmarks/bench_imprint.py``): a sparse row hit once drifts out of the data and is simply
+        saves: a sparse row hit once drifts out of the data and is simply
         not hit again, so small ``c0`` recovers about one input per *distinct* occupied bin.
     aggregate_size
         One-shot variant: the number of inputs expected in the attacked aggregate.

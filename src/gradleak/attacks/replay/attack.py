@@ -93,9 +93,8 @@ class ReplayAttack(Attack):
         :func:`torch.compile` (Inductor) when that is expected to save more time than compiling costs; the rule,
         its measured constants and the on-disk cache are in :mod:`gradleak.attacks.compiling`, and each
         reconstruction's ``config["execution"]`` says which path ran and why. ``True`` compiles from the first
-        iteration (refused without a C++ compiler on a CPU), ``False`` stays eager. A compilation costs 1-10 s
-        for the small CNN on this project's 2-core machine (less from the on-disk cache), after which its
-        iterations run 1.5-2.4× faster on a CPU (benchmarks/results/vs_breaching_cpu.json). Results agree
+        iteration (refused without a C++ compiler on a CPU), ``False`` stays eager. A compilation of a small model
+        costs seconds (less from the on-disk cache) and makes its iterations faster. Results agree
         with the eager iteration to rounding. Stochastic layers the attacker does not know draw their noise
         from Inductor's generator. Where compiling fails, the attack warns and runs the eager iteration.
     """
