@@ -31,6 +31,7 @@ from gradleak.attacks.optimize import minimize
 from gradleak.fl import LocalData, LocalRecipe, local_update, model_state
 from gradleak.models import create_model
 from gradleak.records import ClientUpdate, GlobalState, ServerView
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {"cnn": (1, {"in_channels": 1}), "resnet18": (3, {"in_channels": 3, "image_size": 32})}
@@ -162,7 +163,7 @@ def main() -> None:
         meta["gpu"] = torch.cuda.get_device_name(device)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"bench_attacks_{device.type}.json"
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    path.write_text(json.dumps({"provenance": provenance(), "meta": meta, "rows": rows}, indent=2))
     print(f"wrote {path}")
 
 

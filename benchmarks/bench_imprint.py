@@ -50,6 +50,7 @@ from gradleak.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, load
 from gradleak.fl import LocalData, LocalRecipe, local_update, model_state
 from gradleak.models import DEFAULT_INPUTS, MODELS, create_model
 from gradleak.records import ClientUpdate, GlobalState, Reconstruction, ServerView
+from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_imprint.json"
 VERBATIM_DB = 60.0
@@ -477,7 +478,7 @@ def main() -> None:
         results[name] = sections[name]()
     results["wall_s" if not args.only else f"wall_s_{'+'.join(only)}"] = time.perf_counter() - started
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, default=str))
+    RESULTS.write_text(json.dumps({"provenance": provenance(), **results}, indent=2, default=str))
     print(f"\nwrote {RESULTS} in {results['wall_s']:.0f} s")
 
 

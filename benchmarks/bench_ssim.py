@@ -25,6 +25,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from gradleak.metrics import ssim
+from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_ssim.json"
 
@@ -109,7 +110,7 @@ def main() -> None:
         "python": platform.python_version(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    args.out.write_text(json.dumps({"provenance": provenance(), **record}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -47,6 +47,7 @@ from gradleak.fl.federation import FedAvgSimulation, FederationHook, FLClient
 from gradleak.metrics import grade
 from gradleak.models import create_model
 from gradleak.records import ClientUpdate, GlobalState, Reconstruction, ServerView
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -393,7 +394,7 @@ def main() -> None:
         results[name] = SECTIONS[name](args)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"fidelity_attacks{('_' + args.tag) if args.tag else ''}.json"
-    path.write_text(json.dumps(results, indent=2, default=str))
+    path.write_text(json.dumps({"provenance": provenance(), **results}, indent=2, default=str))
     print(f"wrote {path}")
 
 

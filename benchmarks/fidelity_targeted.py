@@ -12,7 +12,7 @@ Sections (``--only`` picks some; run them in separate processes and merge with `
   inverting-gradients are the ablation's single-defense rows (cdia on one defense is that attack).
 - ``ablation``: Table 4's 24 combinations DO × DP × GP × {none, PRECODE, CVB} under ``cdia`` (or, with
   ``--ablation-attack untargeted``, under inverting-gradients / gpia, which do not model the dropout masks or
-  the bottleneck's ε: the attack the paper's DP rows with dropout or CVB match, ``results/dp_cvb_probes.md``).
+  the bottleneck's ε: the attack the paper's DP rows with dropout or CVB match).
 - ``long``: the acceptance comparisons (gpia/IG at 0.9, vbia/pig, dia/IG, cdia on DP+PM) at
   ``--long-iterations``, and pig/vbia/cdia with DP on PRECODE placed after the first conv block (``PRECODE*``,
   the placement Scheliga et al. 2024b recommend).
@@ -59,6 +59,7 @@ from gradleak.data import load_dataset
 from gradleak.fl.local import LocalData
 from gradleak.fl.presets import SCENARIOS, Federation
 from gradleak.models import create_model
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results"
 ATTACK = {"restarts": 1, "signed": False, "lr": 1.0, "tv": 3e-3}
@@ -398,7 +399,7 @@ def main() -> None:
                         help="DP-SGD noise multiplier in the ablation and utility sections (the paper's 1e-4)")
     parser.add_argument("--ablation-attack", choices=("cdia", "untargeted"), default="cdia",
                         help="untargeted: inverting-gradients (gpia with GP), which models no dropout mask or "
-                             "bottleneck ε (what the paper's DP rows with dropout or CVB match; dp_cvb_probes.md)")
+                             "bottleneck ε (what the paper's DP rows with dropout or CVB match)")
     parser.add_argument("--with", dest="only_with", nargs="*", default=[],
                         help="only the rows and combinations with all these defenses (DO, DP, GP, PRECODE, CVB)")
     parser.add_argument("--merge", nargs="*", default=None, help="tags of saved parts to merge and print")
@@ -415,7 +416,7 @@ def main() -> None:
                 elif k not in merged:
                     merged[k] = v
         path = RESULTS / f"fidelity_targeted_cpu{('_' + args.merge_tag) if args.merge_tag else ''}.json"
-        path.write_text(json.dumps(merged, indent=2, default=str))
+        path.write_text(json.dumps({**merged, "provenance": provenance()}, indent=2, default=str))
         print(tables(merged))
         print(f"wrote {path}")
         return
@@ -428,7 +429,7 @@ def main() -> None:
         results[name] = SECTIONS[name](args)
     results["seconds"] = time.perf_counter() - started
     path = RESULTS / f"fidelity_targeted_cpu{('_' + args.tag) if args.tag else ''}.json"
-    path.write_text(json.dumps(results, indent=2, default=str))
+    path.write_text(json.dumps({"provenance": provenance(), **results}, indent=2, default=str))
     print(tables(results))
     print(f"wrote {path}")
 

@@ -34,6 +34,7 @@ from gradleak.gate import LeakageGate
 from gradleak.metrics import grade
 from gradleak.models import ModelSpec
 from gradleak.records import ServerView
+from provenance import provenance
 
 OUT = Path(__file__).parent / "results" / "gate_hospital_cpu.json"
 
@@ -115,7 +116,7 @@ def main() -> None:
     except OSError:
         pass
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    args.out.write_text(json.dumps({"provenance": provenance(), **payload}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

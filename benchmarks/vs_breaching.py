@@ -61,6 +61,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from provenance import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = ("cnn", {"in_channels": 3, "num_classes": 10})
@@ -432,7 +434,8 @@ def compare(args: argparse.Namespace) -> None:
             "cases": {c: {"victims": v, "images_per_victim": n} for c, (v, n) in CASES.items()}}
     RESULTS.mkdir(exist_ok=True)
     path = Path(args.output) if args.output else RESULTS / "vs_breaching_cpu.json"
-    path.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows, "floor": floor}, indent=2))
+    path.write_text(json.dumps({"provenance": provenance(), "meta": meta, "summary": summary, "rows": rows,
+                                "floor": floor}, indent=2))
     _print_summary(summary)
     print(f"wrote {path}")
 
