@@ -1,7 +1,8 @@
 """Typed records passed between stages: data → fl → attacks → metrics → study → report.
 
-These dataclasses are the contracts of DESIGN.md. Tensors inside them are never mutated by a stage that
-receives them; a stage that changes something returns a new record (``dataclasses.replace``).
+These dataclasses are the contracts between the stages (``docs/architecture.md``). Tensors inside them are never
+mutated by a stage that receives them; a stage that changes something returns a new record
+(``dataclasses.replace``).
 """
 
 from __future__ import annotations

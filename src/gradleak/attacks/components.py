@@ -5,6 +5,7 @@ an attack's targeting is the merge of its components' (:func:`~gradleak.attacks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -13,14 +14,14 @@ from torch import Tensor, nn
 from gradleak.attacks.base import AttackError
 from gradleak.attacks.replay import Targeting
 from gradleak.defenses.modules import VariationalBottleneck
-from gradleak.defenses.step import DPSGD
+from gradleak.defenses.step import DPSGD, StepPrune
 from gradleak.fl.recipe import LocalRecipe
 from gradleak.records import ServerView
 
 if TYPE_CHECKING:
     from gradleak.attacks.targeted import TargetedAttack
 
-__all__ = ["COMPONENT_PARTS", "Replayed", "noise_base"]
+__all__ = ["COMPONENTS", "Component", "Replayed", "noise_base"]
 
 TensorDict = dict[str, Tensor]
 
@@ -122,15 +123,33 @@ def _ignored(attack: TargetedAttack, seen: Replayed) -> Targeting:
     return Targeting(ignore=attack.ignored(seen.model, seen.order))
 
 
-#: each targeted component and the partial targeting it contributes, in the order they are merged
-COMPONENT_PARTS: dict[str, Callable[[TargetedAttack, Replayed], Targeting]] = {
-    "true-noise": _true_noise,
-    "dropout": _dropout_masks,
-    "bottleneck": _bottleneck_noise,
-    "dp-noise": _dp_noise,
-    "dp-mean": _dp_mean,
-    "pruning": _pruning_masks,
-    "ignore": _ignored,
+def _same(recipe: LocalRecipe) -> LocalRecipe:
+    return recipe
+
+
+def _without_pruning(recipe: LocalRecipe) -> LocalRecipe:
+    """GPIA replays no pruning: the client's mask replaces pruning by the dummy's own magnitudes."""
+    return recipe.replace(step_transforms=tuple(t for t in recipe.step_transforms if not isinstance(t, StepPrune)))
+
+
+@dataclass(frozen=True)
+class Component:
+    """One targeted component: how it changes the recipe the attacker replays (before the blank replay that
+    discovers the noise keys), and the partial targeting it contributes."""
+
+    build: Callable[[TargetedAttack, Replayed], Targeting]
+    replay: Callable[[LocalRecipe], LocalRecipe] = _same
+
+
+#: the targeted components by name, in the order their targetings are merged
+COMPONENTS: dict[str, Component] = {
+    "true-noise": Component(_true_noise),
+    "dropout": Component(_dropout_masks),
+    "bottleneck": Component(_bottleneck_noise),
+    "dp-noise": Component(_dp_noise),
+    "dp-mean": Component(_dp_mean),
+    "pruning": Component(_pruning_masks, replay=_without_pruning),
+    "ignore": Component(_ignored),
 }
 
 

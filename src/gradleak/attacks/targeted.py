@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from gradleak.attacks.base import ATTACKS, AttackError
-from gradleak.attacks.components import COMPONENT_PARTS, Replayed
+from gradleak.attacks.components import COMPONENTS, Replayed
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.replay import Targeting, merge_targetings
 from gradleak.defenses.modules import CVB, PRECODE, DropoutDefense, VariationalBottleneck
@@ -168,19 +168,18 @@ class TargetedAttack(InvertingGradients):
         return ignore
 
     def targeting(self, views: Sequence[ServerView], model: nn.Module, recipe: LocalRecipe, n: int) -> Targeting:
-        """The merge of the partial targetings of this attack's components (:data:`COMPONENT_PARTS`)."""
-        parts = self.components(views[0])
-        if any(self.components(v) != parts for v in views[1:]):
+        """The merge of the partial targetings of this attack's components (:data:`COMPONENTS`)."""
+        names = self.components(views[0])
+        if any(self.components(v) != names for v in views[1:]):
             raise AttackError("views attacked together must use the same defenses")
-        if not parts:
+        if not names:
             return Targeting()
-        if "pruning" in parts:  # GPIA: the client's mask replaces pruning by the dummy's own magnitudes
-            recipe = recipe.replace(step_transforms=tuple(t for t in recipe.step_transforms
-                                                          if not isinstance(t, StepPrune)))
+        chosen = [c for name, c in COMPONENTS.items() if name in names]
+        for component in chosen:
+            recipe = component.replay(recipe)
         shapes, order = _blank_replay(model, views[0], recipe, n)
         seen = Replayed(views, model, recipe, shapes, order)
-        return merge_targetings([build(self, seen) for name, build in COMPONENT_PARTS.items() if name in parts],
-                                len(views))
+        return merge_targetings([c.build(self, seen) for c in chosen], len(views))
 
 
 @ATTACKS.register("wiig")

@@ -45,6 +45,5 @@ def secure_sum(updates: Sequence[ClientUpdate]) -> ClientUpdate:
 class SecureAggregation(AggregateDefense):
     """The server receives only the aggregate of the sampled clients' updates (see :func:`secure_sum`)."""
 
-
     def __call__(self, updates: Sequence[ClientUpdate]) -> ClientUpdate:
         return secure_sum(updates)

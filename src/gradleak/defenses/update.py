@@ -108,7 +108,6 @@ class WithholdBN(UpdateDefense):
     """Send no BatchNorm buffers (FedBN-style, Li et al. 2021); Hatamizadeh et al. show the BN-aware attack
     then fails. The names of the withheld buffers are listed in ``metadata["withheld"]``."""
 
-
     def __call__(self, update: ClientUpdate, generator: torch.Generator | None = None) -> ClientUpdate:
         return dataclasses.replace(update, buffers={}, metadata=_withheld(update, list(update.buffers)))
 
