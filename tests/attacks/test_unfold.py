@@ -3,13 +3,14 @@ derivatives, under vmap; only small layers rewritten; the attack's result unchan
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
 from gradleak.attacks.inverting_gradients import InvertingGradients
-from gradleak.attacks.unfold import UnfoldConv2d, unfold_convolutions
+from gradleak.attacks.unfold import UnfoldConv2d, strided_columns, unfold_convolutions
 from gradleak.fl import LocalRecipe
 from gradleak.models import create_model
 
@@ -85,3 +86,22 @@ def test_attack_result_is_unchanged_by_the_unfolded_replay() -> None:
     slow = InvertingGradients(iterations=3, restarts=2, signed=False, unfold_convolutions=False)(
         view, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(fast.images, slow.images, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [((5, 5), (2, 2), (2, 2), (1, 1)),
+                                                            ((3, 3), (1, 1), (1, 1), (1, 1)),
+                                                            ((3, 2), (2, 1), (0, 1), (2, 1))])
+def test_strided_columns_equal_unfold_in_value_and_gradient(kernel, stride, padding, dilation) -> None:
+    """The compiled-under-vmap route's columns: F.unfold's values, and the same gradient w.r.t. the input."""
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ref = F.unfold(x, kernel, dilation, padding, stride)
+    h, w = x.shape[-2:]
+    out = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                for size, p, d, k, s in zip((h, w), padding, dilation, kernel, stride, strict=True))
+    got = strided_columns(x, kernel, stride, padding, dilation, out)
+    assert got.shape == ref.shape
+    assert torch.equal(got, ref)
+    v = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (g_ref,) = torch.autograd.grad((ref * v).sum(), x)
+    (g_got,) = torch.autograd.grad((got * v).sum(), x)
+    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-12)

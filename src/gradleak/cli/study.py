@@ -37,7 +37,7 @@ def _demo_config(out: Path, rounds: int | None, iterations: int | None, executor
 @app.command()
 def demo(
     out: Path = typer.Option(Path("gradleak-out/demo"), help="output directory"),
-    rounds: int | None = typer.Option(None, min=1, help="FedAvg rounds (default: the demo config's 4)"),
+    rounds: int | None = typer.Option(None, min=1, help="FedAvg rounds (default: the demo config's)"),
     iterations: int | None = typer.Option(None, min=1, help="attack iterations (default: the demo config's)"),
     executor: str | None = typer.Option(None, help="local (default) or ray"),
 ) -> None:
