@@ -43,7 +43,7 @@ class UnfoldConv2d(nn.Conv2d):
             cols = F.unfold(x[0], self.kernel_size, self.dilation, padding, self.stride)  # (C·kh·kw, L)
             out = torch.mm(weight, cols) if self.bias is None else torch.addmm(self.bias.unsqueeze(1), weight, cols)
             return out.reshape(1, self.out_channels, oh, ow)
-        if torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None:
+        if n == 1 and torch.compiler.is_compiling():  # one image per trial, compiled: faster as strided slices
             cols = strided_columns(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow))
         else:
             cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (n, C·kh·kw, L)
@@ -57,9 +57,10 @@ def strided_columns(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
                     dilation: tuple[int, int], out: tuple[int, int]) -> Tensor:
     """``F.unfold(x)`` ``(n, C·kh·kw, oh·ow)`` written as strided slices of the zero-padded input, the same values.
 
-    Compiled under vmap (victims attacked together), the backward of these slices is a sum of strided slices,
-    which Inductor lowers to vectorised loops, where ``F.unfold``'s backward (``col2im``) becomes scalar ones;
-    eager, ``F.unfold`` is the faster of the two.
+    Compiled, for one image per trial (a single image, or single-image victims attacked together under vmap), the
+    backward of these slices is a sum of strided slices, which Inductor lowers to vectorised loops, where
+    ``F.unfold``'s backward (``col2im``) becomes scalar ones. Eager, and for batches of several images, ``F.unfold``
+    is the faster of the two.
     """
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out
     n, c = x.shape[:2]
