@@ -53,6 +53,24 @@ def test_compiled_attack_follows_the_eager_one() -> None:
 
 
 @needs_compiler
+def test_compiled_audit_of_rgb_victims_follows_the_eager_one() -> None:
+    """Single-image RGB victims attacked together (the audit's shape; vmap over victims, the first layer unfolded
+    by phase) and one victim of two images (F.unfold), compiled and eager."""
+    torch.manual_seed(0)
+    model = create_model("cnn", in_channels=3)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 4, 7])
+    views = simulate_and_attack(model, x, y, recipe="fedsgd", attack="inverting-gradients",
+                                attack_options={"iterations": 0}, victims="each", mean=(0.5,) * 3, std=(0.25,) * 3,
+                                generator=torch.Generator().manual_seed(5)).views
+    assert len(views) == 3 and all(v.num_images == 1 for v in views)
+    _same_iteration(InvertingGradients(tv=1e-2), list(views))
+    pair = client_view(model, x[:2], y[:2], LocalRecipe(lr=0.01, steps=1, batch_size=2, shuffle=False),
+                       mean=(0.5,) * 3, std=(0.25,) * 3)
+    _same_iteration(InvertingGradients(tv=1e-2), [pair])
+
+
+@needs_compiler
 def test_compiled_batchnorm_replay_with_restarts_and_local_steps() -> None:
     x, y, _, _ = mnist(4)
     x, y = torch.nn.functional.avg_pool2d(x, 2), y % 4  # 16×16, the tiny net's 4 classes

@@ -10,7 +10,13 @@ from torch import nn
 from torch.func import grad, vmap
 
 from gradleak.attacks.inverting_gradients import InvertingGradients
-from gradleak.attacks.unfold import UnfoldConv2d, strided_columns, unfold_convolutions
+from gradleak.attacks.unfold import (
+    UnfoldConv2d,
+    channels_last_columns,
+    phase_columns,
+    strided_columns,
+    unfold_convolutions,
+)
 from gradleak.fl import LocalRecipe
 from gradleak.models import create_model
 
@@ -88,20 +94,54 @@ def test_attack_result_is_unchanged_by_the_unfolded_replay() -> None:
     torch.testing.assert_close(fast.images, slow.images, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("columns", [strided_columns, phase_columns])
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [((5, 5), (2, 2), (2, 2), (1, 1)),
+                                                            ((5, 5), (2, 2), (0, 0), (1, 1)),
                                                             ((3, 3), (1, 1), (1, 1), (1, 1)),
-                                                            ((3, 2), (2, 1), (0, 1), (2, 1))])
-def test_strided_columns_equal_unfold_in_value_and_gradient(kernel, stride, padding, dilation) -> None:
-    """The compiled-under-vmap route's columns: F.unfold's values, and the same gradient w.r.t. the input."""
+                                                            ((3, 2), (2, 1), (0, 1), (2, 1)),
+                                                            ((2, 3), (3, 2), (1, 0), (2, 2))])
+def test_compiled_columns_equal_unfold_in_value_and_derivatives(columns, kernel, stride, padding, dilation) -> None:
+    """The compiled routes' columns: F.unfold's values, the same gradient w.r.t. the input (F.fold), and the same
+    second derivative (the replay differentiates the fold again)."""
     x = torch.randn(2, 3, 11, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
     ref = F.unfold(x, kernel, dilation, padding, stride)
     h, w = x.shape[-2:]
     out = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
                 for size, p, d, k, s in zip((h, w), padding, dilation, kernel, stride, strict=True))
-    got = strided_columns(x, kernel, stride, padding, dilation, out)
+    got = columns(x, kernel, stride, padding, dilation, out)
     assert got.shape == ref.shape
     assert torch.equal(got, ref)
     v = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     (g_ref,) = torch.autograd.grad((ref * v).sum(), x)
     (g_got,) = torch.autograd.grad((got * v).sum(), x)
     torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(g_got, F.fold(v, (h, w), kernel, dilation, padding, stride), rtol=0, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda t: columns(t, kernel, stride, padding, dilation, out).pow(2), (x,))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [((5, 5), (2, 2), (0, 0), (1, 1)),
+                                                            ((3, 2), (2, 1), (0, 1), (2, 1))])
+def test_channels_last_columns_are_unfold_reordered(kernel, stride, padding, dilation) -> None:
+    """Column (i, j, c) of output position l is F.unfold's (c, i, j) of l; the input gradient is F.fold's."""
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ref = F.unfold(x, kernel, dilation, padding, stride)  # (n, C·kh·kw, L)
+    n, L = ref.shape[0], ref.shape[2]
+    ref = ref.reshape(n, 3, kernel[0] * kernel[1], L).permute(0, 3, 2, 1).reshape(n, L, -1)
+    h, w = x.shape[-2:]
+    out = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                for size, p, d, k, s in zip((h, w), padding, dilation, kernel, stride, strict=True))
+    got = channels_last_columns(x, kernel, stride, padding, dilation, out)
+    assert torch.equal(got, ref)
+    v = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (g_ref,) = torch.autograd.grad((ref * v).sum(), x)
+    (g_got,) = torch.autograd.grad((got * v).sum(), x)
+    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-12)
+
+
+def test_only_the_layer_reading_the_images_is_marked() -> None:
+    """The compiled replay unfolds the first layer by phase (its input gradient is the image gradient)."""
+    fast = unfold_convolutions(create_model("cnn", in_channels=3), (3, 32, 32))
+    marks = [m.takes_input for m in fast.modules() if isinstance(m, UnfoldConv2d)]
+    assert marks == [True, False, False]
+    assert not any(m.takes_input for m in unfold_convolutions(create_model("cnn", in_channels=3)).modules()
+                   if isinstance(m, UnfoldConv2d))  # without an input shape nothing is measured
