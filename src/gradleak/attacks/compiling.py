@@ -12,9 +12,9 @@ compilation to cost:
   (:func:`compile_record`), else :data:`COLD_SECONDS`;
 - a problem this process compiled before costs nothing (Dynamo reuses it): compiled from the first iteration.
 
-With these constants the break-even is an eager time left of ``cost / (1 - 1/SPEEDUP)``: 30 s before the first
-compilation of a problem, 3× the recorded cost after (e.g. 6 s for a 2 s compilation). The rule is
-conservative: it compiles a first run only when about 30 s of eager work is left.
+With these constants the break-even is an eager time left of ``cost / (1 - 1/SPEEDUP)``: 90 s before the first
+compilation of a problem, 3× the recorded cost after (e.g. 9 s for the 3 s a cached compilation of the cnn at
+batch 8 costs). The rule is conservative: it compiles a first run only when about 90 s of eager work is left.
 
 The compiled and the eager iteration compute the same numbers to float rounding (Inductor fuses and reorders
 arithmetic), so switching mid-run changes results only at that level. Inductor's caches persist on disk across
@@ -52,8 +52,9 @@ MIN_ITERATIONS = 200
 PROBE = 5
 #: a conservative compiled-over-eager speed-up of an attack iteration on a CPU (the small models' smallest)
 SPEEDUP = 1.5
-#: assumed cost in seconds of a first compilation that no cache holds (a small model's, on a busy machine)
-COLD_SECONDS = 10.0
+#: assumed cost in seconds of a first compilation that no cache holds (measured for the cnn on CIFAR-10: 3–4 s for
+#: one image per trial, 36 s for a batch of 8, whose channels-last graph is the slow one to compile)
+COLD_SECONDS = 30.0
 
 #: problems compiled in this process (Dynamo's in-memory cache holds them)
 _COMPILED: set[str] = set()
