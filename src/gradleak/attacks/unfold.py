@@ -91,12 +91,19 @@ def strided_columns(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     the backward (a sum of strided slices) compiles to scalar loops, ~5× slower than :func:`phase_columns`'s, which
     is why the layer reading the images (the largest fold) uses that instead.
     """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out
+    (kh, kw), (ph, pw), (oh, ow) = kernel, padding, out
     n, c = x.shape[:2]
     xp = F.pad(x, (pw, pw, ph, ph))
-    taps = [xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-            for i in range(kh) for j in range(kw)]
+    taps = [xp[:, :, rows, cols] for rows, cols in _tap_slices(kernel, stride, dilation, out)]
     return torch.stack(taps, 2).reshape(n, c * kh * kw, oh * ow)
+
+
+def _tap_slices(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                out: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """The row and column slices of the padded input that kernel tap ``(i, j)`` reads, taps in row-major order."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out
+    return [(slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
+            for i in range(kh) for j in range(kw)]
 
 
 def phase_columns(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -129,10 +136,9 @@ def channels_last_columns(x: Tensor, kernel: tuple[int, int], stride: tuple[int,
     """``F.unfold(x)`` transposed and in channels-last order: ``(n, oh·ow, kh·kw·C)``, column ``(i, j, c)`` (``c``
     fastest), gathered by strided slices of the zero-padded ``(n, H, W, C)`` input. It pairs with the weight
     permuted to ``(C_out, kh, kw, C)``."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out
+    (ph, pw), (oh, ow) = padding, out
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))
-    taps = [xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
-            for i in range(kh) for j in range(kw)]
+    taps = [xp[:, rows, cols, :] for rows, cols in _tap_slices(kernel, stride, dilation, out)]
     return torch.stack(taps, 3).reshape(x.shape[0], oh * ow, -1)
 
 
