@@ -197,3 +197,33 @@ def test_dia_beats_inverting_gradients_under_dropout() -> None:
         images = torch.cat([r.images for r in recs])
         scores[attack.name] = float(grading_ssim(images, x).mean())
     assert scores["dia"] > scores["inverting-gradients"] + 0.1, scores
+
+
+def test_tv_auto_bottleneck_sweeps_behind_a_bottleneck_only() -> None:
+    """The targeted default ``tv="auto-bottleneck"``: the sweep of ``tv="auto"`` where the model holds a variational
+    bottleneck, inverting-gradients' 1e-2 elsewhere; a number given is used as it is."""
+    bottleneck, _, _ = views_of(["cvb"], n=1)
+    plain, _, _ = views_of(["dropout"], n=1)
+    assert VBIA().tv == "auto-bottleneck"
+    assert VBIA().resolve_tv(bottleneck) == "auto" and PIG().resolve_tv(views_of(["precode"], n=1)[0]) == "auto"
+    assert DIA().resolve_tv(plain) == 1e-2 == InvertingGradients().tv
+    assert VBIA(tv=1e-3).resolve_tv(bottleneck) == 1e-3
+    with pytest.raises(AttackError, match=r"one of \['auto', 'auto-bottleneck'\]"):
+        VBIA(tv="bottleneck")
+    with pytest.raises(AttackError, match=r"one of \['auto'\]"):
+        InvertingGradients(tv="auto-bottleneck")
+    with pytest.raises(AttackError, match="sweep when the attack runs"):
+        VBIA().problem(bottleneck)
+    # behind the bottleneck: the sweep ran, and the run equals tv="auto" given by hand
+    cfg = {"iterations": 6, "tv_sweep_iterations": 3, "signed": False, "lr": 1.0}
+    default = VBIA(**cfg).attack_many(bottleneck, generator=torch.Generator().manual_seed(2))[0]
+    swept = VBIA(tv="auto", **cfg).attack_many(bottleneck, generator=torch.Generator().manual_seed(2))[0]
+    assert default.config["tv"] == "auto-bottleneck" and default.config["tv_resolved"] == "auto"
+    assert set(default.config["tv_auto"]["scores"]) == {1e-2, 1e-3, 1e-4}
+    assert default.config["tv_auto"]["chosen"] == swept.config["tv_auto"]["chosen"]
+    assert torch.equal(default.images, swept.images)
+    # elsewhere: no sweep, the same run as tv=1e-2
+    default = DIA(**cfg).attack_many(plain, generator=torch.Generator().manual_seed(2))[0]
+    fixed = DIA(tv=1e-2, **cfg).attack_many(plain, generator=torch.Generator().manual_seed(2))[0]
+    assert default.config["tv_resolved"] == 1e-2 and "tv_auto" not in default.config
+    assert torch.equal(default.images, fixed.images)

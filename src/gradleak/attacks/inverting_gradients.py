@@ -51,7 +51,7 @@ class InvertingGradients(ReplayAttack):
     schedule: str = "step"
     signed: bool = True
     boxed: bool = True
-    tv: float = 1e-2
+    tv: float | str = 1e-2
     init: str = "gaussian"
     labels: str = "auto"
     restarts: int = 1

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,9 @@ class ReplayAttack(Attack):
         attack (``tv_sweep_iterations``) with each of :data:`TV_CANDIDATES` from the same start, and the weight
         whose reconstructions match the update best (the objective without the TV term, summed over the
         victims attacked together; never the ground truth) runs the full budget. The choice and the scores are
-        in each reconstruction's ``config["tv_auto"]``.
+        in each reconstruction's ``config["tv_auto"]``. Subclasses may accept a mode of their own
+        (:attr:`tv_modes`, resolved per run by :meth:`resolve_tv`; the weight it resolved to is in
+        ``config["tv_resolved"]``).
     init, init_noise
         Dummy-image initialisation (``"gaussian"``, ``"uniform"``, ``"prior"``, ``"mean"``) and added noise.
     labels, label_init
@@ -129,6 +132,9 @@ class ReplayAttack(Attack):
     unfold_convolutions: bool = True
     compile: bool | str = "auto"
 
+    #: the words ``tv`` accepts besides a number
+    tv_modes: ClassVar[tuple[str, ...]] = ("auto",)
+
     def __post_init__(self) -> None:
         choices: dict[str, Collection[str]] = {"objective": OBJECTIVES, "init": INITIALIZERS,
                                                "labels": LABEL_STRATEGIES, "label_init": ("gaussian", "uniform")}
@@ -137,8 +143,8 @@ class ReplayAttack(Attack):
                 raise AttackError(f"{name}={getattr(self, name)!r} is not one of {sorted(valid)}")
         if self.iterations < 0 or self.restarts < 1 or self.trace_every < 1:
             raise AttackError("iterations must be >= 0, restarts >= 1 and trace_every >= 1")
-        if isinstance(self.tv, str) and self.tv != "auto":
-            raise AttackError(f"tv must be a number >= 0 or 'auto', got {self.tv!r}")
+        if isinstance(self.tv, str) and self.tv not in self.tv_modes:
+            raise AttackError(f"tv must be a number >= 0 or one of {list(self.tv_modes)}, got {self.tv!r}")
         if self.tv_sweep_iterations < 1:
             raise AttackError(f"tv_sweep_iterations must be >= 1, got {self.tv_sweep_iterations}")
         if self.compile not in (True, False, "auto"):
@@ -209,6 +215,10 @@ class ReplayAttack(Attack):
               ) -> tuple[OptimResult, Problem]:
         """Run the optimisation of :meth:`reconstruct_many` and return its raw result (every variable, the
         noise leaves ``"noise:<name>"`` included, as ``(victims · restarts, ...)``) and the problem."""
+        tv = self.resolve_tv(views)
+        if tv != self.tv:
+            result, problem = dataclasses.replace(self, tv=tv).solve(views, generators)
+            return result, dataclasses.replace(problem, notes={**problem.notes, "tv_resolved": tv})
         if self.tv == "auto":
             return self._solve_auto_tv(views, generators)
         problem = self.problem(views)
@@ -245,6 +255,11 @@ class ReplayAttack(Attack):
         note = {"chosen": chosen, "scores": scores, "sweep_iterations": short}
         return result, dataclasses.replace(problem, notes={**problem.notes, "tv_auto": note})
 
+    def resolve_tv(self, views: Sequence[ServerView]) -> float | str:
+        """The TV weight (a number, or ``"auto"``) this attack runs ``views`` with: ``tv`` itself, unless it is
+        a mode of a subclass's own (:attr:`tv_modes`), which the subclass resolves here."""
+        return self.tv
+
     def targeting(self, views: Sequence[ServerView], model: torch.nn.Module, recipe: LocalRecipe,
                   n: int) -> Targeting:
         """How this attack changes the replay of ``views`` (``model`` built from the first view, ``recipe`` the
@@ -277,8 +292,11 @@ class ReplayAttack(Attack):
 
     def problem(self, views: Sequence[ServerView]) -> Problem:
         """The batched objective of attacking ``views`` together (victims × restarts trials)."""
-        if self.tv == "auto":
-            raise AttackError("tv='auto' chooses the weight when the attack runs; give a number to build or "
-                              "evaluate the objective")
+        tv = self.resolve_tv(views)
+        if tv == "auto":
+            raise AttackError(f"tv={self.tv!r} chooses the weight by a sweep when the attack runs here; give a number "
+                              "to build or evaluate the objective")
+        if tv != self.tv:
+            return dataclasses.replace(self, tv=tv).problem(views)
         self._check_alike(views)
         return build_problem(self, views)
