@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from gradleak.attacks import CDIA, InvertingGradients, compiling
+from gradleak.attacks import CDIA, VBIA, InvertingGradients, compiling
 from gradleak.attacks.base import AttackError
 from gradleak.attacks.replay import split_generators
 from gradleak.audit import simulate_and_attack
@@ -68,6 +68,14 @@ def test_compiled_audit_of_rgb_victims_follows_the_eager_one() -> None:
     pair = client_view(model, x[:2], y[:2], LocalRecipe(lr=0.01, steps=1, batch_size=2, shuffle=False),
                        mean=(0.5,) * 3, std=(0.25,) * 3)
     _same_iteration(InvertingGradients(tv=1e-2), [pair])
+    # 'same' convolutions after the first (padded layers gathered channels-last): LeNet, and the cnn with CVB
+    # (attacked by vbia, whose ε is a variable: inverting-gradients would draw one, differently when compiled)
+    for net, defenses, attack in ((create_model("lenet"), [], InvertingGradients(tv=1e-2)),
+                                  (model, ["cvb"], VBIA(tv=1e-2))):
+        views = simulate_and_attack(net, x, y, recipe="fedsgd", attack="inverting-gradients", defenses=defenses,
+                                    attack_options={"iterations": 0}, victims="each", mean=(0.5,) * 3,
+                                    std=(0.25,) * 3, generator=torch.Generator().manual_seed(5)).views
+        _same_iteration(attack, list(views))
 
 
 @needs_compiler

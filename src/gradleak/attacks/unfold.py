@@ -64,13 +64,16 @@ class UnfoldConv2d(nn.Conv2d):
         output stays channels-last, so the next layer's gather and the backward's sums run along contiguous
         channels (vectorised loops; NCHW columns compile to scalar ones). One image per trial (single-image
         victims attacked together under vmap, or one image): the layer that reads the images unfolds by
-        :func:`phase_columns` (its backward, the image gradient, is the largest fold), the others by
-        :func:`strided_columns`; the product is ``cols^T @ weight^T``, which vmap turns into one matrix product
-        when the trials share the weight (instead of a batched product with an expanded weight).
+        :func:`phase_columns` (its backward, the image gradient, is the largest fold), a later layer with zero
+        padding channels-last as above, the others by :func:`strided_columns`; the product is
+        ``cols^T @ weight^T``, which vmap turns into one matrix product when the trials share the weight (instead
+        of a batched product with an expanded weight). The output of that product is channels-last in memory;
+        the backward of strided slices of its zero-padded copy (a 'same' convolution after another one: LeNet,
+        the ResNets, CVB's 5×5 convolutions) compiled to masked scalar loops, several times slower than eager.
         """
         n = x.shape[0]
         (oh, ow) = geometry[4]
-        if n > 1:
+        if n > 1 or (not self.takes_input and any(geometry[2])):
             cols = channels_last_columns(x, *geometry)  # (n, L, kh·kw·C)
             out = cols @ self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1).t()
             if self.bias is not None:
