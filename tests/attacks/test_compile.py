@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -178,6 +179,9 @@ def test_auto_compiles_when_the_probe_says_it_repays(monkeypatch: pytest.MonkeyP
     compiled = _fake_compile(monkeypatch)
     monkeypatch.setenv("GRADLEAK_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compiling, "_COMPILED", set())
+    monkeypatch.setattr(compiling, "_SLOWER", set())
+    # the fake compilation is no faster than eager: keep it (going back to eager is tested below)
+    monkeypatch.setattr(compiling.AdaptiveIteration, "_recheck", lambda self, seconds: None)
     view = _one_view()
     attack = InvertingGradients(iterations=compiling.MIN_ITERATIONS, signed=False)
     # a first compilation that costs nothing is always worth it: the switch comes after the probe
@@ -197,6 +201,39 @@ def test_auto_compiles_when_the_probe_says_it_repays(monkeypatch: pytest.MonkeyP
     eager = dataclasses.replace(attack, compile=False)(view, generator=torch.Generator().manual_seed(3))
     assert eager.config["execution"]["iteration"] == "eager"
     torch.testing.assert_close(recon.images, eager.images, rtol=0, atol=1e-5)  # the torch.func route, to rounding
+
+
+def test_auto_goes_back_to_eager_when_the_compiled_iteration_is_slower(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path) -> None:
+    """A compiled iteration measured slower than the eager probe: the rest of the run, and later runs of the same
+    problem in this process, are eager, and the record says so."""
+    calls: list[int] = []
+
+    def slow(fn, **kwargs):
+        def call(values):
+            calls.append(1)
+            time.sleep(0.05)  # far slower than an eager iteration of the small cnn (a few ms)
+            return fn(values)
+        return call
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
+    monkeypatch.setattr(torch, "compile", slow)
+    monkeypatch.setenv("GRADLEAK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiling, "_COMPILED", set())
+    monkeypatch.setattr(compiling, "_SLOWER", set())
+    monkeypatch.setattr(compiling, "COLD_SECONDS", 0.0)
+    view = _one_view()
+    attack = InvertingGradients(iterations=compiling.MIN_ITERATIONS, signed=False)
+    recon = attack(view, generator=torch.Generator().manual_seed(3))
+    execution = recon.config["execution"]
+    # the compiling call, then PROBE timed compiled calls, then eager
+    assert len(calls) == 1 + compiling.PROBE and execution["iteration"] == "eager"
+    assert execution["switched_back_at"] == execution["switched_at"] + 1 + compiling.PROBE  # compiling call, probe
+    assert execution["compiled_seconds_per_iteration"] >= 0.05 > execution["eager_seconds_per_iteration"]
+    assert "back to eager" in execution["reason"] and recon.iterations == compiling.MIN_ITERATIONS
+    again = attack(view, generator=torch.Generator().manual_seed(3))
+    assert len(calls) == 1 + compiling.PROBE and "measured slower" in again.config["execution"]["reason"]
+    eager = dataclasses.replace(attack, compile=False)(view, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(recon.images, eager.images, rtol=0, atol=1e-5)
 
 
 def test_auto_stays_eager_when_compiling_would_not_repay(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -10,7 +10,10 @@ compilation to cost:
   ``t · remaining``; compiling saves ``(1 - 1/SPEEDUP)`` of it (:data:`SPEEDUP`: a conservative compiled-over-eager
   speed-up of an iteration on a CPU); the cost is the last measured cost when the on-disk cache holds the problem
   (:func:`compile_record`), else :data:`COLD_SECONDS`;
-- a problem this process compiled before costs nothing (Dynamo reuses it): compiled from the first iteration.
+- a problem this process compiled before costs nothing (Dynamo reuses it): compiled from the first iteration;
+- after switching, the next :data:`PROBE` compiled iterations are timed too, and where the compiled iteration is
+  not faster than the eager probe's, the rest of the run goes back to eager (Inductor can lower a graph to
+  slower loops than eager's kernels); that problem then stays eager in this process.
 
 With these constants the break-even is an eager time left of ``cost / (1 - 1/SPEEDUP)``: 90 s before the first
 compilation of a problem, 3× the recorded cost after (e.g. 9 s for the 3 s a cached compilation of the cnn at
@@ -58,6 +61,8 @@ COLD_SECONDS = 30.0
 
 #: problems compiled in this process (Dynamo's in-memory cache holds them)
 _COMPILED: set[str] = set()
+#: problems whose compiled iteration this process measured slower than the eager one (they stay eager)
+_SLOWER: set[str] = set()
 _WARNED: set[str] = set()
 
 
@@ -167,6 +172,7 @@ class AdaptiveIteration:
         self.key, self.device = key, device
         self.calls = 0
         self.probe: list[float] = []
+        self.checked: list[float] = []  # compiled iterations timed after switching
         self.compiled: IterationFn | None = None
         self.state: dict[str, Any] = {"iteration": "eager", "reason": "compile=False"}
         if mode is True:
@@ -183,6 +189,9 @@ class AdaptiveIteration:
                 self.mode = False
             elif iterations < MIN_ITERATIONS:
                 self.state["reason"] = f"{iterations} iterations (< {MIN_ITERATIONS}): too short to repay compiling"
+                self.mode = False
+            elif key in _SLOWER:
+                self.state["reason"] = "compiled, this problem's iteration was measured slower than eager earlier"
                 self.mode = False
             elif key in _COMPILED:  # costs nothing now: no need to time the eager iteration
                 self._compile("compiled earlier in this process (Dynamo's cache holds it)")
@@ -214,11 +223,32 @@ class AdaptiveIteration:
                                     f"{where}) would not repay")
             self.mode = False
 
+    def _recheck(self, seconds: float) -> None:
+        """After switching: time :data:`PROBE` compiled iterations and go back to eager if they are not faster
+        than the eager probe's."""
+        self.checked.append(seconds)
+        if len(self.checked) < PROBE:
+            return
+        compiled = sorted(self.checked)[len(self.checked) // 2]
+        eager = sorted(self.probe)[len(self.probe) // 2]
+        self.state["compiled_seconds_per_iteration"] = round(compiled, 6)
+        if compiled >= eager and self.state["iteration"] == "compiled":
+            _SLOWER.add(self.key)
+            self.compiled, self.mode = None, False
+            self.state.update(iteration="eager", reason=f"compiled, the iteration took {compiled:.4f} s against "
+                              f"{eager:.4f} s eager: back to eager", switched_back_at=self.calls)
+
     def __call__(self, values: TensorDict) -> tuple[Tensor, TensorDict]:
         self.calls += 1
         if self.compiled is not None:
             if "compile_seconds" in self.state:
-                return self.compiled(values)
+                if not self.probe or len(self.checked) >= PROBE:
+                    return self.compiled(values)
+                started = time.perf_counter()
+                out = self.compiled(values)
+                _sync(self.device)
+                self._recheck(time.perf_counter() - started)
+                return out
             started = time.perf_counter()
             out = self.compiled(values)
             _sync(self.device)
@@ -240,7 +270,8 @@ class AdaptiveIteration:
 
     def describe(self) -> dict[str, Any]:
         """Which path ran and why (``iteration``: ``"compiled"`` or ``"eager"``, ``reason``, and where
-        measured: ``compile_seconds``, ``switched_at`` iteration, the probe's eager seconds per iteration)."""
+        measured: ``compile_seconds``, ``switched_at`` iteration, the probe's eager and the compiled seconds per
+        iteration, ``switched_back_at`` where the compiled iteration was not faster)."""
         return dict(self.state)
 
 
