@@ -1,6 +1,8 @@
 """What every benchmark result records about how it was made: the command, the git commit (and whether ``src/``
 had uncommitted changes), the machine (CPU, GPU if any, torch) and the date. Each benchmark writes it as the
-result's ``"provenance"``."""
+result's ``"provenance"``. The commit, the state of ``src/`` and the start date are read when this module is
+imported, at the start of a run, when the code the run measures is loaded: a commit made while a long run goes
+on is not credited with its results."""
 
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ def _git(*args: str) -> str:
         return ""
 
 
+#: the git state and the date when the run started (this module is imported at the start of every benchmark)
+_STARTED = {"commit": _git("rev-parse", "HEAD") or None, "src_dirty": bool(_git("status", "--porcelain", "src")),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
 def machine() -> dict[str, Any]:
     """The platform, CPU count, torch version and the GPU's name when one is used."""
     import torch
@@ -35,7 +42,8 @@ def machine() -> dict[str, Any]:
 
 
 def provenance() -> dict[str, Any]:
-    """The command line (``python benchmarks/<script> <args>``), git commit, machine and UTC date of this run."""
+    """The command line (``python benchmarks/<script> <args>``), the git commit and ``src/`` state at the start,
+    the machine, and the UTC dates the run started and finished."""
     script = Path(sys.argv[0])
     try:
         script = script.resolve().relative_to(ROOT)
@@ -43,7 +51,8 @@ def provenance() -> dict[str, Any]:
         pass
     return {
         "command": shlex.join(["python", str(script), *sys.argv[1:]]),
-        "git": {"commit": _git("rev-parse", "HEAD") or None, "src_dirty": bool(_git("status", "--porcelain", "src"))},
+        "git": {"commit": _STARTED["commit"], "src_dirty": _STARTED["src_dirty"]},
         "machine": machine(),
+        "started": _STARTED["date"],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
