@@ -30,10 +30,10 @@ priors and defaults) plus a :class:`~gradleak.attacks.replay.Targeting` of the r
 TV weight: ``tv="auto-bottleneck"`` by default, inverting-gradients' 1e-2 unless the replayed model holds a
 variational bottleneck (PRECODE, CVB), where the attack chooses the weight by ``tv="auto"``'s short sweep
 (1e-2, 1e-3, 1e-4, scored by the update match alone, never the ground truth). Behind a bottleneck 1e-2 can be far
-too strong: on CIFAR-10 behind PRECODE before the classifier (32 victims, 4,800 iterations) ``wiig`` and ``vbia``
-reach SSIM 0.43 and 0.42 with 1e-2 and 0.84 and 0.83 with the 1e-4 the sweep chooses; behind CVB 1e-2 held
-(``benchmarks/README.md``). The sweep costs three short runs (about +60 % at the default budget); a number
-(``tv=1e-2``) skips it.
+too strong: on CIFAR-10 behind PRECODE before the classifier ``wiig`` and ``vbia`` reached SSIM 0.43 and 0.42 with
+1e-2, and 0.84 and 0.83 with the 1e-4 the sweep chooses (``benchmarks/README.md``). The weight chosen is in each
+reconstruction's ``config["tv_auto"]``. The sweep costs three short runs (``tv_sweep_iterations`` each: 7,800
+iterations in all at the default 4,800); a number (``tv=1e-2``) skips it.
 
 Noise leaves are discovered by replaying once on a blank batch and reading the keys the client's modules
 draw (:mod:`gradleak.fl.noise`): ``"dropout@0"``, ``"precode@0"``, ``"cvb@0"``, ``"dp-sgd/<param>@0"``...
