@@ -15,7 +15,11 @@ over the case's start), mean PSNR/SSIM of the reconstructions against the origin
 ``gradleak.metrics.grade`` (the one grading function) for both tools; medians of ``--repeats`` rounds (each
 round: new victims and seeds; in each round the tools attack a case back to back, rotating which goes first, and
 the speed ratio is the median over the rounds of these pairs' ratios, robust to the machine's speed drifting
-between pairs).
+between pairs). A case with fewer than ``--min-images`` images (default 32) over ``--repeats`` rounds gets more
+rounds, so that its SSIM difference rests on that many images: the tools start from the same image, but their
+signed-Adam paths part after a few hundred steps, and the paired difference of one image has a standard deviation
+near 0.04 (5 batch-1 images give a standard error near 0.016, as large as the 0.02 tolerance). The paired standard
+error is reported with each difference.
 gradleak runs twice per case: with its default options (``compile="auto"``, ``gradleak``) and with
 ``compile=False`` (``gradleak_eager``, its ``ratios_eager`` and ``*_eager`` acceptance keys; ``--no-eager`` skips
 it). Every gradleak run follows a 3-iteration warm-up run outside its wall time. For the default variant the
@@ -35,7 +39,8 @@ Usage::
 
     make bench-breaching                      # creates .venv-breaching, then runs this script
     .venv/bin/python benchmarks/vs_breaching.py [--iterations 300] [--repeats 3] [--quick] [--threads 1]
-        [--trials 1] [--cases single_b1 single_b8 audit_16x1] [--no-resnet] [--no-eager] [--output PATH]
+        [--trials 1] [--cases single_b1 single_b8 audit_16x1] [--min-images 32] [--no-resnet] [--no-eager]
+        [--output PATH]
 
 writes ``benchmarks/results/vs_breaching_cpu.json``. The breaching half runs as
 ``.venv-breaching/bin/python benchmarks/vs_breaching.py --tool breaching --exchange DIR``; the two processes
@@ -317,7 +322,8 @@ class Comparison:
         truth = prepared["images"].reshape(victims, n, *prepared["images"].shape[1:])
         per = [grade(Reconstruction(images=images[v].detach().cpu()), truth[v].cpu(), assign=n > 1)
                for v in range(victims)]
-        return {"ssim": float(np.mean([s for g in per for s in g["ssim"].tolist()])),
+        ssim = [s for g in per for s in g["ssim"].tolist()]  # per original image, in the victims' order
+        return {"ssim": float(np.mean(ssim)), "ssim_images": ssim,
                 "psnr": float(np.mean([p for g in per for p in g["psnr"].tolist()]))}
 
 
@@ -380,19 +386,21 @@ def compare(args: argparse.Namespace) -> None:
     breaching_meta: dict = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     started = time.perf_counter()
-    for round_ in range(args.repeats):
+    rounds = case_rounds(args.repeats, args.min_images)
+    for round_ in range(max(rounds.values())):
+        active = [case for case in CASES if rounds[case] > round_]
         with tempfile.TemporaryDirectory(prefix="vs_breaching_") as tmp:
             exchange = Path(tmp)
             state = {k: v.detach().numpy() for k, v in comparison.model.state_dict().items()}
             np.savez(exchange / "model.npz", **state)
             config = {"iterations": args.iterations, "lr": args.lr, "tv": args.tv, "trials": args.trials,
-                      "threads": args.threads, "cases": list(CASES), "mean": list(comparison.dataset.mean),
+                      "threads": args.threads, "cases": active, "mean": list(comparison.dataset.mean),
                       "std": list(comparison.dataset.std), "image_shape": [3, 32, 32], "num_classes": 10}
             (exchange / "config.json").write_text(json.dumps(config))
-            prepared = {case: comparison.prepare(case, round_, exchange) for case in CASES}
+            prepared = {case: comparison.prepare(case, round_, exchange) for case in active}
             # the two tools attack each case back to back (seconds apart, which tool first alternating), so that
             # the shared machine's drift in speed (up to 2x over minutes here) falls on both halves of a pair
-            for index, case in enumerate(CASES):
+            for index, case in enumerate(active):
                 order = ["breaching", *variants]
                 shift = (round_ + index) % len(order)
                 for tool in order[shift:] + order[:shift]:
@@ -404,9 +412,9 @@ def compare(args: argparse.Namespace) -> None:
                         images = out.pop("images")
                         rows[case][tool].append({**out, **comparison.grade(case, images, prepared[case])})
             load.append(os.getloadavg())
-            for case in CASES:
+            for case in active:
                 g, b = rows[case]["gradleak"][-1], rows[case]["breaching"][-1]
-                line = (f"round {round_ + 1}/{args.repeats} {case:<11}: gradleak {g['wall_seconds']:7.2f} s "
+                line = (f"round {round_ + 1}/{rounds[case]} {case:<11}: gradleak {g['wall_seconds']:7.2f} s "
                         f"({g['execution']['iteration']}, compilation {g['warmup_seconds']:.1f} s) "
                         f"SSIM {g['ssim']:.3f} | breaching {b['wall_seconds']:7.2f} s SSIM {b['ssim']:.3f}")
                 if args.eager:
@@ -430,14 +438,20 @@ def compare(args: argparse.Namespace) -> None:
                                      "(warmup_seconds); rows[...]['execution'] says which path the timed run took",
                          "gradleak_eager": "the same attack with compile=False" if args.eager else None},
             "model": {"name": MODEL[0], **MODEL[1]}, "dataset": "cifar10 test (shared/datasets/cifar10_test.npz)",
-            "repeats": args.repeats,
-            "cases": {c: {"victims": v, "images_per_victim": n} for c, (v, n) in CASES.items()}}
+            "repeats": args.repeats, "min_images": args.min_images,
+            "cases": {c: {"victims": v, "images_per_victim": n, "rounds": rounds[c],
+                          "images_graded": rounds[c] * v * n} for c, (v, n) in CASES.items()}}
     RESULTS.mkdir(exist_ok=True)
     path = Path(args.output) if args.output else RESULTS / "vs_breaching_cpu.json"
     path.write_text(json.dumps({"provenance": provenance(), "meta": meta, "summary": summary, "rows": rows,
                                 "floor": floor}, indent=2))
     _print_summary(summary)
     print(f"wrote {path}")
+
+
+def case_rounds(repeats: int, min_images: int) -> dict[str, int]:
+    """Rounds per case: ``repeats``, or more where that many rounds grade fewer than ``min_images`` images."""
+    return {case: max(repeats, -(-min_images // (v * n))) for case, (v, n) in CASES.items()}
 
 
 def _summarise(args: argparse.Namespace, rows: dict, floor: dict) -> dict:
@@ -455,7 +469,8 @@ def _summarise(args: argparse.Namespace, rows: dict, floor: dict) -> dict:
                            "peak_rss_mib_median": _median(r, "peak_rss_mib"),
                            "peak_rss_rise_mib_median": _median(r, "peak_rss_rise_mib"),
                            "ssim_mean": _mean(r, "ssim"), "psnr_mean": _mean(r, "psnr"),
-                           "ssim_all": [x["ssim"] for x in r], "psnr_all": [x["psnr"] for x in r]}
+                           "ssim_all": [x["ssim"] for x in r], "psnr_all": [x["psnr"] for x in r],
+                           "ssim_images": [s for x in r for s in x["ssim_images"]]}
             if tool != "breaching":
                 tools[tool]["warmup_seconds_all"] = [x["warmup_seconds"] for x in r]
         out["cases"][case] = {**tools, "ratios": _ratios(tools["gradleak"], tools["breaching"], floor[case],
@@ -492,6 +507,8 @@ def _ratios(g: dict, b: dict, floor: dict, victims: int) -> dict:
     """gradleak (one variant) against breaching on one case."""
     step = floor["plain_step_seconds"]
     pairs = list(zip(g["wall_seconds_all"], b["wall_seconds_all"], strict=True))
+    # per image: both tools attacked the same image from the same start
+    diffs = np.subtract(g["ssim_images"], b["ssim_images"])
     ratios = {"speedup_gradleak_over_breaching": statistics.median(bw / gw for gw, bw in pairs),
               "wall_ratio_gradleak_to_breaching": statistics.median(gw / bw for gw, bw in pairs),
               # per round (the pair ran back to back) and, less robust to drift, the ratio of the medians
@@ -499,6 +516,9 @@ def _ratios(g: dict, b: dict, floor: dict, victims: int) -> dict:
               "speedup_of_medians": b["wall_seconds_median"] / g["wall_seconds_median"],
               "wall_ratio_of_medians": g["wall_seconds_median"] / b["wall_seconds_median"],
               "ssim_gradleak_minus_breaching": g["ssim_mean"] - b["ssim_mean"],
+              "ssim_difference_images": len(diffs),
+              "ssim_difference_paired_se": float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1
+              else None,
               "psnr_gradleak_minus_breaching": g["psnr_mean"] - b["psnr_mean"],
               "plain_step_seconds": step,
               # per victim-iteration, over one plain step of that victim's batch
@@ -527,7 +547,9 @@ def _print_summary(summary: dict) -> None:
             rounds = ", ".join(f"{x:.2f}" for x in r["speedup_per_round"])
             print(f"{'':12} {label}/breaching: speed x{r['speedup_gradleak_over_breaching']:.2f} (median of the "
                   f"rounds' pairs: {rounds}; of the medians x{r['speedup_of_medians']:.2f}), wall "
-                  f"{r['wall_ratio_gradleak_to_breaching']:.3f}, SSIM {r['ssim_gradleak_minus_breaching']:+.3f}, "
+                  f"{r['wall_ratio_gradleak_to_breaching']:.3f}, SSIM {r['ssim_gradleak_minus_breaching']:+.3f} "
+                  f"over {r['ssim_difference_images']} images (paired s.e. "
+                  f"{r['ssim_difference_paired_se'] or float('nan'):.3f}), "
                   f"PSNR {r['psnr_gradleak_minus_breaching']:+.2f} dB")
         warm = c["gradleak"]["warmup_seconds_all"]
         paths = sorted({e["iteration"] for e in c["gradleak"]["execution_all"] if e})
@@ -546,6 +568,8 @@ def main() -> None:
     parser.add_argument("--exchange", type=Path, help="exchange folder (with --tool breaching)")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-images", type=int, default=32,
+                        help="more rounds for a case whose --repeats rounds grade fewer images than this")
     parser.add_argument("--trials", type=int, default=1, help="restarts per victim, in both tools")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--tv", type=float, default=1e-4)
@@ -566,7 +590,7 @@ def main() -> None:
         run_breaching(args.exchange, args.cases)
         return
     if args.quick:
-        args.iterations, args.repeats, args.floor_iterations = 30, 1, 10
+        args.iterations, args.repeats, args.floor_iterations, args.min_images = 30, 1, 10, 0
         if not args.output:
             args.output = str(RESULTS / "vs_breaching_quick.json")
     compare(args)
