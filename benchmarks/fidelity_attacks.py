@@ -8,7 +8,8 @@ Sections (``--only`` picks some):
   the ``cnn`` (untrained), FedSGD batch 1 (one SGD step), ``--ig-victims`` victims drawn at random from the test
   split (seeded; the CIFAR-10 file is sorted by class, its first 1,000 images are all airplanes): CIFAR-10 with
   the labels known and with the labels recovered by the attack (iDLG), MNIST and PneumoniaMNIST (labels
-  recovered). ASR: share of victims with SSIM > 0.5 (Scheliga et al. 2024).
+  recovered). ASR: share of victims with SSIM > 0.5 (Scheliga et al. 2024). ``--defaults-model`` attacks another
+  model (e.g. ``resnet18``: the paper's ResNet-18 IG row with ``--defaults-only "labels known"``).
 - ``labels``: label recovery on batches of 8 (distinct and repeated labels) and iDLG on single images.
 - ``controls``: fedavg-inversion on a BatchNorm network, one-image batch-1 clients, the hospital paper's Fig. 3:
   (d) right checkpoint + BN re-estimation, (b) no BN re-estimation, (c) another round's checkpoint.
@@ -128,7 +129,7 @@ def run_defaults(args: argparse.Namespace) -> dict[str, Any]:
             continue
         x, y, ds = random_victims(name, args.ig_victims, args.victims_seed)
         torch.manual_seed(0)
-        model = create_model("cnn", in_channels=x.shape[1], num_classes=classes)
+        model = create_model(args.defaults_model, in_channels=x.shape[1], num_classes=classes)
         started = time.perf_counter()
         result = simulate_and_attack(model.to(args.device), x, y, recipe="fedsgd", attack=attack, victims="each",
                                      threat=threat, mean=ds.mean, std=ds.std,
@@ -136,7 +137,8 @@ def run_defaults(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         ssim = result.metrics["ssim_per_image"]
         execution = result.reconstructions[0].config.get("execution")
-        rows[row] = {"dataset": name, "threat": threat, "victims": len(ssim), "ssim": summary(ssim),
+        rows[row] = {"dataset": name, "model": args.defaults_model, "threat": threat, "victims": len(ssim),
+                     "ssim": summary(ssim),
                      "asr": float(np.mean(np.asarray(ssim) > 0.5)), "ssim_per_image": ssim,
                      "psnr": summary(result.metrics["psnr_per_image"]),
                      "label_accuracy": result.metrics["label_accuracy"], "seconds": seconds,
@@ -364,6 +366,8 @@ def main() -> None:
     parser.add_argument("--dlg-victims", type=int, default=16)
     parser.add_argument("--defaults-iterations", type=int, default=None,
                         help="defaults section: attack budget (default: inverting-gradients' own)")
+    parser.add_argument("--defaults-model", default="cnn",
+                        help="defaults section: the attacked model (untrained, seeded), e.g. resnet18")
     parser.add_argument("--defaults-only", nargs="*", default=[],
                         help="defaults section: only rows whose name contains one of these (cifar, mnist, ...)")
     parser.add_argument("--victims-seed", type=int, default=0, help="defaults section: the victims' permutation")
@@ -389,6 +393,8 @@ def main() -> None:
     if args.iterations:
         FEDAVG["iterations"] = args.iterations
     results: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+                               "device_name": torch.cuda.get_device_name(torch.device(args.device))
+                               if torch.device(args.device).type == "cuda" else "cpu",
                                "platform": platform.platform(), "load_average": os.getloadavg()}
     for name in args.only:
         results[name] = SECTIONS[name](args)

@@ -34,6 +34,9 @@ uses 1e-3, its ablation 1e-4); ``--with DP`` keeps only the rows and combination
 depend on it; ``--with DP CVB``: with both). A ``--with`` part merged after older parts replaces their rows of
 the same key (re-measuring one defense after a change to it).
 
+Each row records its seconds per image and the victims' iterations per second; ``--device cuda`` runs the model
+and the attacks on a GPU (the file is then ``fidelity_targeted_cuda_<tag>.json``, with the GPU's name).
+
 Usage: ``python benchmarks/fidelity_targeted.py [--only single ablation utility] [--tag part]``, then
 ``python benchmarks/fidelity_targeted.py --merge part1 part2 [--merge-tag name]`` to print all tables from saved
 parts.
@@ -168,16 +171,20 @@ def attack_row(args: argparse.Namespace, attack: str, defenses: list, threat: st
     else:
         options = {**ATTACK, "restarts": args.restarts, "iterations": iterations}
     started = time.perf_counter()
-    result = simulate_and_attack(model, x, y, recipe="fedsgd", attack=attack, attack_options=options,
+    result = simulate_and_attack(model.to(args.device), x, y, recipe="fedsgd", attack=attack, attack_options=options,
                                  defenses=defenses, threat=threat, victims="each", mean=ds.mean, std=ds.std,
                                  generator=torch.Generator().manual_seed(1))
     ssim = np.asarray(result.metrics["ssim_per_image"])
     config = result.reconstructions[0].config
     options = {**options, "iterations": config.get("iterations", iterations), "execution": config.get("execution"),
                **({"tv_auto": config["tv_auto"]} if "tv_auto" in config else {})}
+    seconds = time.perf_counter() - started
     return {"attack": attack, "defenses": defenses, "threat": threat, "config": options, "victims": len(ssim),
             "ssim_mean": float(ssim.mean()), "ssim_std": float(ssim.std(ddof=1)), "asr": float((ssim > 0.5).mean()),
-            "ssim_per_image": ssim.tolist(), "seconds": time.perf_counter() - started}
+            "ssim_per_image": ssim.tolist(), "seconds": seconds, "seconds_per_image": seconds / len(ssim),
+            # the victims' optimisation steps per second (attacked together; each victim's best trial's steps,
+            # a TV sweep's short runs not counted)
+            "victim_iterations_per_second": sum(r.iterations for r in result.reconstructions) / seconds}
 
 
 #: the ablation's labels of the registry names, so ``--with`` reads the same in every section
@@ -394,6 +401,7 @@ def main() -> None:
     parser.add_argument("--clients-images", type=int, default=300)
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the model and the attacks run (e.g. cuda)")
     parser.add_argument("--tag", default="")
     parser.add_argument("--dp-noise", type=float, default=1e-4,
                         help="DP-SGD noise multiplier in the ablation and utility sections (the paper's 1e-4)")
@@ -423,12 +431,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("merge",)},
                                "attack": ATTACK, "torch": torch.__version__, "platform": platform.platform(),
+                               "device_name": torch.cuda.get_device_name(torch.device(args.device))
+                               if torch.device(args.device).type == "cuda" else platform.processor() or "cpu",
                                "load_average_start": os.getloadavg()}
     started = time.perf_counter()
     for name in args.only:
         results[name] = SECTIONS[name](args)
     results["seconds"] = time.perf_counter() - started
-    path = RESULTS / f"fidelity_targeted_cpu{('_' + args.tag) if args.tag else ''}.json"
+    where = "cpu" if torch.device(args.device).type == "cpu" else torch.device(args.device).type
+    path = RESULTS / f"fidelity_targeted_{where}{('_' + args.tag) if args.tag else ''}.json"
     path.write_text(json.dumps({"provenance": provenance(), **results}, indent=2, default=str))
     print(tables(results))
     print(f"wrote {path}")
