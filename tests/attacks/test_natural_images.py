@@ -4,7 +4,7 @@ Pins the benchmark ``benchmarks/fidelity_attacks.py --only defaults`` at a test 
 victims (CIFAR-10 test images drawn by the seeded permutation), the untrained ``cnn``, batch 1, one SGD step,
 labels known, 1,000 iterations. Measured (``benchmarks/results/fidelity_attacks_defaults_test_budget_*_cpu.json``):
 the defaults reach SSIM 0.849 (per image 0.896, 0.833, 0.832, 0.835); the previous TV weight 1e-4, the same
-attack otherwise, 0.598 (0.751, 0.553, 0.595, 0.494). At the full default budget the 32 victims reach 0.856.
+attack otherwise, 0.598 (0.751, 0.553, 0.595, 0.494). At the full default budget the 32 victims reach 0.857.
 """
 
 from __future__ import annotations
