@@ -9,7 +9,9 @@ Sections (``--only`` picks some):
   split (seeded; the CIFAR-10 file is sorted by class, its first 1,000 images are all airplanes): CIFAR-10 with
   the labels known and with the labels recovered by the attack (iDLG), MNIST and PneumoniaMNIST (labels
   recovered). ASR: share of victims with SSIM > 0.5 (Scheliga et al. 2024). ``--defaults-model`` attacks another
-  model (e.g. ``resnet18``: the paper's ResNet-18 IG row with ``--defaults-only "labels known"``).
+  model (e.g. ``resnet18``: the paper's ResNet-18 IG row with ``--defaults-only "labels known"``; or a user's own
+  class by import path, such as the Flower example's ``cifarapp.task:Net`` with ``PYTHONPATH=examples/flower
+  --defaults-mean 0.5 --defaults-std 0.5``, its clients' normalisation).
 - ``labels``: label recovery on batches of 8 (distinct and repeated labels) and iDLG on single images.
 - ``controls``: fedavg-inversion on a BatchNorm network, one-image batch-1 clients, the hospital paper's Fig. 3:
   (d) right checkpoint + BN re-estimation, (b) no BN re-estimation, (c) another round's checkpoint.
@@ -104,6 +106,13 @@ def run_dlg(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _norm(given: list[float] | None, dataset: tuple[float, ...]) -> tuple[float, ...]:
+    """The normalisation the model's clients use: the dataset's, or the one given (one value for every channel)."""
+    if not given:
+        return tuple(dataset)
+    return tuple(given) * len(dataset) if len(given) == 1 else tuple(given)
+
+
 def random_victims(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """``n`` test images drawn without replacement by a seeded permutation (every class, not the file's first
     ``n``), 32×32 in [0, 1], their labels and the dataset."""
@@ -132,12 +141,14 @@ def run_defaults(args: argparse.Namespace) -> dict[str, Any]:
         model = create_model(args.defaults_model, in_channels=x.shape[1], num_classes=classes)
         started = time.perf_counter()
         result = simulate_and_attack(model.to(args.device), x, y, recipe="fedsgd", attack=attack, victims="each",
-                                     threat=threat, mean=ds.mean, std=ds.std,
+                                     threat=threat, mean=_norm(args.defaults_mean, ds.mean),
+                                     std=_norm(args.defaults_std, ds.std),
                                      generator=torch.Generator().manual_seed(1))
         seconds = time.perf_counter() - started
         ssim = result.metrics["ssim_per_image"]
         execution = result.reconstructions[0].config.get("execution")
         rows[row] = {"dataset": name, "model": args.defaults_model, "threat": threat, "victims": len(ssim),
+                     "mean": _norm(args.defaults_mean, ds.mean), "std": _norm(args.defaults_std, ds.std),
                      "ssim": summary(ssim),
                      "asr": float(np.mean(np.asarray(ssim) > 0.5)), "ssim_per_image": ssim,
                      "psnr": summary(result.metrics["psnr_per_image"]),
@@ -367,7 +378,12 @@ def main() -> None:
     parser.add_argument("--defaults-iterations", type=int, default=None,
                         help="defaults section: attack budget (default: inverting-gradients' own)")
     parser.add_argument("--defaults-model", default="cnn",
-                        help="defaults section: the attacked model (untrained, seeded), e.g. resnet18")
+                        help="defaults section: the attacked model (untrained, seeded): a registered name, e.g. "
+                             "resnet18, or an import path such as the Flower example's cifarapp.task:Net")
+    parser.add_argument("--defaults-mean", type=float, nargs="*", default=None,
+                        help="defaults section: the clients' normalisation mean (default: the dataset's)")
+    parser.add_argument("--defaults-std", type=float, nargs="*", default=None,
+                        help="defaults section: the clients' normalisation std (default: the dataset's)")
     parser.add_argument("--defaults-only", nargs="*", default=[],
                         help="defaults section: only rows whose name contains one of these (cifar, mnist, ...)")
     parser.add_argument("--victims-seed", type=int, default=0, help="defaults section: the victims' permutation")
