@@ -117,14 +117,14 @@ def test_the_recorded_update_replays_and_the_attack_is_graded(flower: dict, monk
     stored = torch.cat([update.delta[k].flatten() for k in out.delta(state.params)])
     assert float((replayed - stored).norm() / stored.norm()) < 1e-5
     result = runner.invoke(app, ["attack", "--store", str(store_dir), "--round", "0", "--client", str(client),
-                                 "--attack", "inverting-gradients", "--option", "tv=2e-2", "--option", "restarts=4",
+                                 "--attack", "inverting-gradients", "--option", "restarts=4",
                                  "--truth", str(truth),
                                  "--dataset", f"npz:{CIFAR}", "--out", str(flower["tmp"] / "attack")])
     assert result.exit_code == 0, result.output
     line = next(s for s in result.output.splitlines() if s.strip().startswith("image 0:"))
     ssim = float(line.split("SSIM ")[1].split(",")[0])
     rdlv = float(line.split("RDLV ")[1].split(" %")[0])
-    # measured 0.590 and +355 % (prior SSIM 0.130); the margin absorbs other CPUs' rounding over 4800 iterations
+    # measured 0.549 and +324 % (prior SSIM 0.130); the margin absorbs other CPUs' rounding over 4800 iterations
     assert ssim >= 0.45 and rdlv > 100, result.output
     assert ("— leak" in line) == (ssim > 0.5)
     assert "lr 0.1 momentum 0.9, batch 32" in result.output.replace("\n", " ")  # read from the store
