@@ -137,19 +137,17 @@ def run_defaults(args: argparse.Namespace) -> dict[str, Any]:
         if args.defaults_only and not any(k.lower() in row.lower() for k in args.defaults_only):
             continue
         x, y, ds = random_victims(name, args.ig_victims, args.victims_seed)
+        mean, std = _norm(args.defaults_mean, ds.mean), _norm(args.defaults_std, ds.std)
         torch.manual_seed(0)
         model = create_model(args.defaults_model, in_channels=x.shape[1], num_classes=classes)
         started = time.perf_counter()
         result = simulate_and_attack(model.to(args.device), x, y, recipe="fedsgd", attack=attack, victims="each",
-                                     threat=threat, mean=_norm(args.defaults_mean, ds.mean),
-                                     std=_norm(args.defaults_std, ds.std),
-                                     generator=torch.Generator().manual_seed(1))
+                                     threat=threat, mean=mean, std=std, generator=torch.Generator().manual_seed(1))
         seconds = time.perf_counter() - started
         ssim = result.metrics["ssim_per_image"]
         execution = result.reconstructions[0].config.get("execution")
         rows[row] = {"dataset": name, "model": args.defaults_model, "threat": threat, "victims": len(ssim),
-                     "mean": _norm(args.defaults_mean, ds.mean), "std": _norm(args.defaults_std, ds.std),
-                     "ssim": summary(ssim),
+                     "mean": mean, "std": std, "ssim": summary(ssim),
                      "asr": float(np.mean(np.asarray(ssim) > 0.5)), "ssim_per_image": ssim,
                      "psnr": summary(result.metrics["psnr_per_image"]),
                      "label_accuracy": result.metrics["label_accuracy"], "seconds": seconds,

@@ -432,14 +432,13 @@ def main() -> None:
     results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("merge",)},
                                "attack": ATTACK, "torch": torch.__version__, "platform": platform.platform(),
                                "device_name": torch.cuda.get_device_name(torch.device(args.device))
-                               if torch.device(args.device).type == "cuda" else platform.processor() or "cpu",
+                               if torch.device(args.device).type == "cuda" else "cpu",
                                "load_average_start": os.getloadavg()}
     started = time.perf_counter()
     for name in args.only:
         results[name] = SECTIONS[name](args)
     results["seconds"] = time.perf_counter() - started
-    where = "cpu" if torch.device(args.device).type == "cpu" else torch.device(args.device).type
-    path = RESULTS / f"fidelity_targeted_{where}{('_' + args.tag) if args.tag else ''}.json"
+    path = RESULTS / f"fidelity_targeted_{torch.device(args.device).type}{('_' + args.tag) if args.tag else ''}.json"
     path.write_text(json.dumps({"provenance": provenance(), **results}, indent=2, default=str))
     print(tables(results))
     print(f"wrote {path}")

@@ -251,8 +251,11 @@ def simulate_and_attack(
                                                     generator=torch.Generator().manual_seed(server_seed))
     params, buffers = model_state(client_model)
     state = GlobalState(round=0, params=params, buffers=buffers)
-    dtype = next(iter(params.values())).dtype if params else torch.float32
-    x = normalize(images.to(dtype), mean, std)
+    first = next(iter(params.values()), None)
+    dtype = first.dtype if first is not None else torch.float32
+    device = first.device if first is not None else images.device
+    x = normalize(images.to(device=device, dtype=dtype), mean, std)  # the clients train where the model is
+    local_labels = labels.to(device)
     if num_classes is None:
         with torch.no_grad():
             num_classes = int(copy.deepcopy(client_model).eval()(x[:1]).shape[-1])
@@ -262,7 +265,7 @@ def simulate_and_attack(
     for client, idx in enumerate(groups):
         client_recipe = _resolve_recipe(recipe, len(idx))
         client_recipe = client_recipe.replace(step_transforms=(*client_recipe.step_transforms, *stages["step"]))
-        step = client_step(client_model, state, LocalData(x[idx], labels[idx]), client_recipe, client=client,
+        step = client_step(client_model, state, LocalData(x[idx], local_labels[idx]), client_recipe, client=client,
                            defenses=stages["update"], generator=torch.Generator().manual_seed(client_seed + client))
         updates.append(step.update)
         noises.append(step.noise)
